@@ -1,0 +1,139 @@
+"""Command line of hclm: a thin layer over :mod:`hclm.experiments` and :mod:`hclm.report`."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from hclm.experiments.config import ExperimentConfig, load_config, quick_config
+from hclm.experiments.sweep import plan_runs, run_sweep
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Measure the information force of entropy surrogates during training and compare them on real data.",
+)
+console = Console()
+error_console = Console(stderr=True)
+
+
+@app.command()
+def run(
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Output folder for records, summary.json and the report. Default: runs/<timestamp>."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML file with the experiment config; unknown keys and invalid values are errors."
+    ),
+    quick: bool = typer.Option(
+        False, "--quick", help="Small sweep for a smoke run: one seed, λ in {0.01, 0.1}, at most 150 steps per run."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes training runs in parallel (count)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each run's result (INFO level)."),
+) -> None:
+    """Run the surrogate comparison (default: handwritten digits) and write the report."""
+    _configure_logging(verbose)
+    try:
+        settings = load_config(config) if config is not None else ExperimentConfig()
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    if quick:
+        settings = quick_config(settings)
+    folder = out if out is not None else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+    total = len(plan_runs(settings))
+    console.print(f"Writing to [bold]{folder}[/bold]: {total} runs on {settings.data.name}")
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("runs"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("training", total=total)
+
+        def advance(done: int, _total: int, result: dict) -> None:
+            progress.update(task, completed=done, description=f"{result['run_id']:<28}")
+
+        try:
+            summary = run_sweep(settings, folder, workers=workers, progress=advance)
+        except (FileNotFoundError, ValueError) as error:
+            _fail(str(error))
+
+    from hclm.report import render_report
+
+    paths = render_report(folder)
+    _print_summary(summary)
+    console.print(f"Report: [bold]{paths.get('html', folder / 'report.html')}[/bold]")
+    console.print(f"Output folder: [bold]{folder}[/bold]")
+
+
+@app.command()
+def report(
+    folder: Path = typer.Argument(..., help="Output folder of an earlier `hclm run` (holds summary.json and runs/)."),
+) -> None:
+    """Render report.md, report.html and the plots again from the stored records in FOLDER."""
+    _configure_logging(False)
+    from hclm.report import render_report
+
+    try:
+        paths = render_report(folder)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    for name, path in paths.items():
+        console.print(f"{name}: {path}")
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title="Surrogate comparison (mean over seeds)")
+    for column in ("surrogate", "λ", "regime", "rel. strength", "test acc", "probe acc", "eff. rank"):
+        table.add_column(column, justify="right" if column not in ("surrogate", "regime") else "left")
+    for row in summary["results"]:
+        table.add_row(
+            row["surrogate"],
+            f"{row['lam']:g}",
+            row["regime"] or "—",
+            _fmt(row["relative_strength_median"]),
+            _fmt(row["test_accuracy_mean"]),
+            _fmt(row["probe_accuracy_mean"]),
+            _fmt(row["effective_rank_mean"]),
+        )
+    console.print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=error_console, show_path=False)],
+        force=True,
+    )
+
+
+def _fail(message: str) -> None:
+    error_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def main() -> None:
+    """Entry point of the ``hclm`` command."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

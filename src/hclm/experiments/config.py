@@ -1,0 +1,229 @@
+"""Validated configuration of the surrogate comparison experiment.
+
+Unknown keys and invalid values are errors that name the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hclm.surrogates import available_surrogates, check_surrogate_parameters
+
+NO_SURROGATE = "none"
+DEFAULT_SURROGATES = (NO_SURROGATE, "softmax", "variance", "logdet", "coding_rate")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MixtureConfig(_Strict):
+    """Synthetic low-rank Gaussian mixture: class means and spread live in a ``rank``-dim subspace."""
+
+    samples: int = Field(2000, ge=20, description="number of samples")
+    dim: int = Field(64, ge=2, description="ambient dimension")
+    rank: int = Field(8, ge=1, description="dimension of the subspace holding the signal")
+    classes: int = Field(10, ge=2, description="number of classes")
+    noise: float = Field(0.1, ge=0.0, description="standard deviation of isotropic noise in all dimensions")
+    separation: float = Field(3.0, gt=0.0, description="scale of the class means relative to the within-class spread")
+
+    @model_validator(mode="after")
+    def _rank_fits(self) -> "MixtureConfig":
+        if self.rank > self.dim:
+            raise ValueError(f"mixture.rank ({self.rank}) must not exceed mixture.dim ({self.dim})")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the data come from and how they are split."""
+
+    name: Literal["digits", "mixture", "npz", "csv"] = Field(
+        "digits", description="digits (scikit-learn, bundled), mixture (synthetic), npz or csv (your file)"
+    )
+    path: Path | None = Field(None, description="file for npz (arrays x, y) or csv")
+    label_column: str | None = Field(None, description="name of the label column of a csv file")
+    test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="share of samples held out, stratified by class")
+    split_seed: int = Field(0, ge=0, description="seed of the train/test split, the same for every run")
+    standardize: bool = Field(True, description="scale features to zero mean, unit variance (fit on train)")
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+
+    @model_validator(mode="after")
+    def _file_needed(self) -> "DataConfig":
+        if self.name in ("npz", "csv") and self.path is None:
+            raise ValueError(f"data.path is required when data.name is {self.name!r}")
+        if self.name == "csv" and not self.label_column:
+            raise ValueError("data.label_column is required when data.name is 'csv'")
+        return self
+
+
+class ModelConfig(_Strict):
+    """MLP encoder and linear head."""
+
+    hidden: list[int] = Field(default_factory=lambda: [128, 128], description="widths of the hidden layers")
+    representation_dim: int = Field(32, ge=1, description="dimension d of the representation Z")
+    activation: Literal["relu", "gelu", "tanh"] = Field("relu", description="hidden activation")
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, value: list[int]) -> list[int]:
+        for width in value:
+            if width < 1:
+                raise ValueError(f"every hidden width must be >= 1, got {value}")
+        return value
+
+
+class TrainConfig(_Strict):
+    """Optimisation of one run."""
+
+    optimizer: Literal["sgd", "adam"] = Field("adam", description="adam or sgd (with momentum)")
+    lr: float = Field(1e-3, gt=0.0, description="learning rate η")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay")
+    batch_size: int = Field(128, ge=2, description="rows per batch (the surrogate needs at least 2)")
+    steps: int = Field(400, ge=1, description="optimizer steps per run")
+    threads: int = Field(1, ge=1, description="torch CPU threads per run; 1 keeps results bit-identical")
+
+
+class ProbeConfig(_Strict):
+    """Force probe schedule and regime thresholds."""
+
+    every: int = Field(2, ge=1, description="measure the forces every k-th step")
+    r_min: float = Field(0.05, ge=0.0, description="weak below this median relative strength")
+    c_min: float = Field(-0.9, ge=-1.0, le=1.0, description="opposed below this median alignment")
+    v_max: float = Field(1.0, ge=0.0, description="unstable above this volatility of the strength")
+    p_min: float = Field(0.2, ge=-1.0, le=1.0, description="unstable below this median persistence")
+    realized: bool = Field(True, description="record the realized entropy change (one extra forward pass)")
+
+
+class SweepConfig(_Strict):
+    """The grid of runs: surrogates × λ × seeds (``none`` runs once per seed with λ = 0)."""
+
+    surrogates: list[str] = Field(default_factory=lambda: list(DEFAULT_SURROGATES))
+    lams: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0], description="weights λ of the entropy term")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="seeds of initialisation and batch order")
+
+    @field_validator("surrogates")
+    @classmethod
+    def _known_surrogates(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("sweep.surrogates must name at least one surrogate")
+        allowed = (NO_SURROGATE, *available_surrogates())
+        for name in value:
+            if name not in allowed:
+                raise ValueError(f"unknown surrogate {name!r}; allowed values: {', '.join(allowed)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"sweep.surrogates has duplicates: {value}")
+        return value
+
+    @field_validator("lams")
+    @classmethod
+    def _valid_lams(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("sweep.lams must contain at least one weight")
+        for lam in value:
+            if not math.isfinite(lam) or lam < 0:
+                raise ValueError(f"every weight lam must be a finite number >= 0, got {lam}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"sweep.lams has duplicates: {value}")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _valid_seeds(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("sweep.seeds must contain at least one seed")
+        if any(seed < 0 for seed in value) or len(set(value)) != len(value):
+            raise ValueError(f"sweep.seeds must be distinct integers >= 0, got {value}")
+        return value
+
+
+class ExperimentConfig(_Strict):
+    """Full configuration of the surrogate comparison."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    surrogate_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="keyword parameters per surrogate, e.g. {logdet: {eps: 1e-4}}"
+    )
+
+    @field_validator("surrogate_params")
+    @classmethod
+    def _known_parameters(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, params in value.items():
+            if name not in available_surrogates():
+                raise ValueError(f"unknown surrogate {name!r}; allowed values: {', '.join(available_surrogates())}")
+            check_surrogate_parameters(name, params)
+        return value
+
+
+def quick_config(config: ExperimentConfig | None = None) -> ExperimentConfig:
+    """Return a small sweep of ``config`` for a smoke run: one seed, λ ∈ {0.01, 0.1}, 150 steps."""
+    base = (config or ExperimentConfig()).model_copy(deep=True)
+    base.sweep.lams = [0.01, 0.1]
+    base.sweep.seeds = base.sweep.seeds[:1]
+    base.train.steps = min(base.train.steps, 150)
+    return base
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML config file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: invalid YAML, unknown keys or invalid values; the message names each key.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file not found: {file}; pass an existing YAML file to --config")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {file} is not valid YAML: {error}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {file} must contain a mapping of sections, got {type(raw).__name__}")
+    return parse_config(raw, source=str(file))
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a nested dict as an :class:`ExperimentConfig`; errors name every bad key."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ValueError(format_validation_error(error, source)) from None
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """Turn a pydantic error into one line per problem: ``key.path: message``."""
+    lines = [f"invalid {source}:"]
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = f"unknown key; allowed keys here: {', '.join(_allowed_keys(problem['loc']))}"
+        elif problem["type"] == "literal_error":
+            expected = problem.get("ctx", {}).get("expected", "")
+            message = f"invalid value {problem.get('input')!r}; allowed values: {expected}"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(location: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = ExperimentConfig
+    for part in location[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return []
+    return list(model.model_fields)

@@ -1,0 +1,230 @@
+"""One training run of the comparison: MLP encoder + linear head, cross-entropy − λ·H(Z), force probe."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hclm._io import atomic_write_json, atomic_write_text
+from hclm.experiments.config import NO_SURROGATE, ExperimentConfig
+from hclm.experiments.data import Dataset
+from hclm.experiments.metrics import effective_rank, linear_probe_accuracy
+from hclm.experiments.models import MLPEncoder
+from hclm.forces import ForceProbe, RegimeThresholds
+from hclm.surrogates import NonFiniteInputError, get_surrogate
+
+logger = logging.getLogger(__name__)
+
+STEP_COLUMNS = (
+    "step",
+    "loss",
+    "entropy",
+    "lam",
+    "strength",
+    "relative_strength",
+    "alignment",
+    "novelty",
+    "persistence",
+    "injection",
+    "dissipation",
+    "delta_h",
+    "residual",
+)
+_FORCE_COLUMNS = STEP_COLUMNS[4:]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the sweep: a surrogate (or ``none``), a weight ``λ`` and a seed."""
+
+    surrogate: str
+    lam: float
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        """Folder name of the run, e.g. ``logdet-lam0.1-seed0`` or ``none-seed2``."""
+        if self.surrogate == NO_SURROGATE:
+            return f"none-seed{self.seed}"
+        return f"{self.surrogate}-lam{self.lam:g}-seed{self.seed}"
+
+
+@dataclass
+class RunOutput:
+    """Per-step rows and the result of one run."""
+
+    spec: RunSpec
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def thresholds_of(config: ExperimentConfig) -> RegimeThresholds:
+    """Return the regime thresholds set in the probe section of ``config``."""
+    probe = config.probe
+    return RegimeThresholds(r_min=probe.r_min, c_min=probe.c_min, v_max=probe.v_max, p_min=probe.p_min)
+
+
+def train_run(config: ExperimentConfig, dataset: Dataset, spec: RunSpec) -> RunOutput:
+    """Train and evaluate one run; the result is fully determined by ``config``, the data and ``spec.seed``.
+
+    A run whose loss, surrogate or representations become non-finite stops at that step and is
+    marked ``diverged``; its force statistics cover the steps before, and its regime is ``unstable``.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.train.threads)
+    try:
+        return _train(config, dataset, spec)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def write_run(output: RunOutput, folder: Path) -> None:
+    """Write ``steps.csv`` and then ``result.json`` of a run atomically; ``result.json`` marks it complete."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=STEP_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in output.rows:
+        writer.writerow({key: _csv_cell(row.get(key)) for key in STEP_COLUMNS})
+    atomic_write_text(folder / "steps.csv", buffer.getvalue())
+    atomic_write_json(folder / "result.json", output.result)
+
+
+def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec) -> RunOutput:
+    torch.manual_seed(spec.seed)
+    model_config, train_config = config.model, config.train
+    encoder = MLPEncoder(dataset.features, model_config.hidden, model_config.representation_dim, model_config.activation)
+    head = nn.Linear(model_config.representation_dim, dataset.classes)
+    parameters = list(encoder.parameters()) + list(head.parameters())
+    if train_config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            parameters, lr=train_config.lr, momentum=train_config.momentum, weight_decay=train_config.weight_decay
+        )
+    else:
+        optimizer = torch.optim.Adam(parameters, lr=train_config.lr, weight_decay=train_config.weight_decay)
+
+    uses_surrogate = spec.surrogate != NO_SURROGATE
+    surrogate = get_surrogate(spec.surrogate) if uses_surrogate else None
+    params = config.surrogate_params.get(spec.surrogate, {})
+    probe = ForceProbe(optimizer=optimizer, schedule=config.probe.every, thresholds=thresholds_of(config))
+
+    x_train = torch.from_numpy(dataset.x_train)
+    y_train = torch.from_numpy(dataset.y_train)
+    batches = _batch_indices(len(y_train), train_config.batch_size, train_config.steps, spec.seed)
+
+    output = RunOutput(spec)
+    diverged_step: int | None = None
+    started = time.perf_counter()
+    for step, index in enumerate(batches):
+        x, y = x_train[index], y_train[index]
+        optimizer.zero_grad(set_to_none=True)
+        z = encoder(x)
+        loss = F.cross_entropy(head(z), y)
+        row: dict[str, Any] = {"step": step, "loss": float(loss.detach()), "lam": spec.lam if uses_surrogate else None}
+
+        try:
+            entropy = surrogate(z, **params) if surrogate is not None else None
+        except NonFiniteInputError as error:
+            diverged_step = step
+            logger.warning("run %s diverged at step %d: %s", spec.run_id, step, error)
+            break
+        if not math.isfinite(row["loss"]) or (entropy is not None and not torch.isfinite(entropy)):
+            diverged_step = step
+            logger.warning("run %s diverged at step %d: non-finite loss or surrogate", spec.run_id, step)
+            break
+
+        if entropy is None:
+            loss.backward()
+            record = None
+        else:
+            row["entropy"] = float(entropy.detach())
+            record = probe.backward(loss, entropy, spec.lam, step)
+        optimizer.step()
+
+        if record is not None:
+            if config.probe.realized:
+                with torch.no_grad():
+                    try:
+                        record = probe.record_realized(surrogate(encoder(x), **params))
+                    except NonFiniteInputError:
+                        record.delta_h = math.nan
+            for key in _FORCE_COLUMNS:
+                row[key] = getattr(record, key)
+        output.rows.append(row)
+
+    train_seconds = time.perf_counter() - started
+    evaluation = _evaluate(encoder, head, dataset, spec.seed)
+    forces = None
+    if uses_surrogate:
+        summary = probe.summary().as_dict()
+        if diverged_step is not None:
+            summary["regime"] = "unstable"
+        forces = summary
+
+    output.result = {
+        "run_id": spec.run_id,
+        "surrogate": spec.surrogate,
+        "lam": spec.lam,
+        "seed": spec.seed,
+        **evaluation,
+        "diverged": diverged_step is not None,
+        "diverged_step": diverged_step,
+        "steps": len(output.rows),
+        "train_seconds": train_seconds,
+        "forces": forces,
+    }
+    logger.info(
+        "run %s: test accuracy %.4f, regime %s, %.1f s",
+        spec.run_id,
+        evaluation["test_accuracy"],
+        forces["regime"] if forces else "-",
+        train_seconds,
+    )
+    return output
+
+
+def _batch_indices(n: int, batch_size: int, steps: int, seed: int) -> list[torch.Tensor]:
+    """Draw ``steps`` batches from per-epoch permutations; the last partial batch of an epoch is dropped."""
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    size = min(batch_size, n)
+    batches: list[torch.Tensor] = []
+    while len(batches) < steps:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - size + 1, size):
+            batches.append(order[start : start + size])
+            if len(batches) == steps:
+                break
+    return batches
+
+
+def _evaluate(encoder: nn.Module, head: nn.Module, dataset: Dataset, seed: int) -> dict[str, float]:
+    with torch.no_grad():
+        z_train = encoder(torch.from_numpy(dataset.x_train))
+        z_test = encoder(torch.from_numpy(dataset.x_test))
+        predictions = head(z_test).argmax(dim=1).numpy()
+    z_train_np, z_test_np = z_train.numpy().astype(np.float64), z_test.numpy().astype(np.float64)
+    finite = bool(np.isfinite(z_train_np).all() and np.isfinite(z_test_np).all())
+    return {
+        "test_accuracy": float(np.mean(predictions == dataset.y_test)) if finite else math.nan,
+        "probe_accuracy": linear_probe_accuracy(z_train_np, dataset.y_train, z_test_np, dataset.y_test, seed=seed),
+        "effective_rank": effective_rank(z_test_np) if finite else math.nan,
+    }
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
