@@ -1,0 +1,224 @@
+"""Build the setup, thresholds, results table, plots and environment sections of the report."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hclm.report._document import Block, BulletList, Heading, Image, Paragraph, Table
+from hclm.report._values import (
+    BASELINE,
+    MISSING,
+    accuracy_difference,
+    find_baseline,
+    flatten,
+    format_mean_std,
+    format_number,
+    format_signed,
+    format_value,
+)
+
+# The config schema belongs to the training code, so setup lines are found by key name.
+_STEP_KEYS = ("steps", "max_steps", "num_steps", "train_steps", "total_steps", "epochs")
+_SCHEDULE_WORDS = ("probe", "measure", "every", "interval", "schedule")
+
+_THRESHOLD_QUANTITIES = {
+    "r_min": "median relative strength",
+    "c_min": "median alignment",
+    "v_max": "volatility",
+    "p_min": "median persistence",
+}
+
+RESULT_HEADERS = (
+    "surrogate",
+    "λ",
+    "relative strength",
+    "alignment",
+    "persistence",
+    "volatility",
+    "regime (seeds)",
+    "injection Σ I",
+    "dissipation Σ D",
+    "test acc",
+    "Δ test acc vs none",
+    "probe acc",
+    "effective rank",
+    "diverged runs",
+)
+
+PLOT_CAPTIONS = {
+    "relative_strength": "Relative strength r_t over training steps, one panel per λ",
+    "volatility_persistence": "Volatility and median persistence against λ",
+    "accuracy_rank": "Test accuracy, linear-probe accuracy and effective rank against λ",
+    "injection_dissipation": "Cumulative information injection and entropy dissipation over training steps",
+}
+
+
+def build_setup(config: Mapping[str, Any]) -> list[Block]:
+    """Describe data, model, sweep, training length and measurement schedule, then list the whole config.
+
+    Args:
+        config: resolved config from summary.json.
+
+    Returns:
+        The blocks of the Setup section, heading included.
+    """
+    pairs = flatten(config)
+    items = [
+        f"Data: {_section_text(config, 'data', lead_key='name')}",
+        f"Model: {_section_text(config, 'model', lead_key='name')}",
+        f"Sweep: {_sweep_text(config)}",
+        f"Training length: {_matching_text(pairs, _is_step_key)}",
+        f"Probe and measurement schedule: {_matching_text(pairs, _is_schedule_key)}",
+    ]
+    blocks: list[Block] = [Heading("Setup", 2), BulletList(tuple(items)), Heading("Resolved configuration", 3)]
+    if pairs:
+        blocks.append(Table(("key", "value"), tuple((key, format_value(value)) for key, value in pairs)))
+    else:
+        blocks.append(Paragraph("The config in summary.json is empty."))
+    return blocks
+
+
+def build_thresholds(thresholds: Mapping[str, Any]) -> list[Block]:
+    """List the regime thresholds with the quantity each one bounds.
+
+    Args:
+        thresholds: ``thresholds`` from summary.json.
+
+    Returns:
+        The blocks of the Regime thresholds section, heading included.
+    """
+    rows = tuple(
+        (str(name), format_value(value), _THRESHOLD_QUANTITIES.get(str(name), MISSING))
+        for name, value in thresholds.items()
+    )
+    blocks: list[Block] = [Heading("Regime thresholds", 2)]
+    if rows:
+        blocks.append(Table(("threshold", "value", "quantity"), rows))
+    else:
+        blocks.append(Paragraph("summary.json lists no regime thresholds."))
+    return blocks
+
+
+def build_results_table(rows: Sequence[Mapping[str, Any]]) -> list[Block]:
+    """Tabulate one line per (surrogate, λ) summary row.
+
+    Args:
+        rows: summary rows sorted for display.
+
+    Returns:
+        The blocks of the Results section, heading included.
+    """
+    baseline = find_baseline(rows)
+    lines = []
+    for row in rows:
+        difference, _ = accuracy_difference(row, baseline)
+        is_baseline = row.get("surrogate") == BASELINE
+        lines.append(
+            (
+                str(row.get("surrogate")),
+                format_number(row.get("lam")),
+                format_number(row.get("relative_strength_median")),
+                format_number(row.get("alignment_median")),
+                format_number(row.get("persistence_median")),
+                format_number(row.get("volatility")),
+                _regime_text(row),
+                format_number(row.get("injection_total")),
+                format_number(row.get("dissipation_total")),
+                format_mean_std(row.get("test_accuracy_mean"), row.get("test_accuracy_std")),
+                MISSING if is_baseline else format_signed(difference),
+                format_mean_std(row.get("probe_accuracy_mean"), row.get("probe_accuracy_std")),
+                format_mean_std(row.get("effective_rank_mean"), row.get("effective_rank_std")),
+                format_number(row.get("diverged_runs")),
+            )
+        )
+    note = Paragraph(
+        "Force columns are the summary values of summary.json (medians where the name says so). "
+        "Accuracy and effective rank are mean ± std over seeds. Regime (seeds) gives the number of seeds "
+        f"that reached the row's regime out of all seeds. {MISSING} marks a missing value."
+    )
+    return [Heading("Results", 2), note, Table(RESULT_HEADERS, tuple(lines))]
+
+
+def build_plots(plot_paths: Mapping[str, Path], report_dir: Path) -> list[Block]:
+    """Link each plot relative to the report folder.
+
+    Args:
+        plot_paths: PNG path per plot name.
+        report_dir: folder of report.md and report.html.
+
+    Returns:
+        The blocks of the Plots section, heading included.
+    """
+    blocks: list[Block] = [Heading("Plots", 2)]
+    for name, path in plot_paths.items():
+        caption = PLOT_CAPTIONS.get(name, name)
+        blocks.append(Image(caption, path.relative_to(report_dir).as_posix(), path))
+    return blocks
+
+
+def build_environment(environment: Mapping[str, Any]) -> list[Block]:
+    """Tabulate the software and machine details recorded with the run.
+
+    Args:
+        environment: ``environment`` from summary.json.
+
+    Returns:
+        The blocks of the Environment section, heading included.
+    """
+    pairs = flatten(environment)
+    blocks: list[Block] = [Heading("Environment", 2)]
+    if pairs:
+        blocks.append(Table(("key", "value"), tuple((key, format_value(value)) for key, value in pairs)))
+    else:
+        blocks.append(Paragraph("summary.json records no environment."))
+    return blocks
+
+
+def _regime_text(row: Mapping[str, Any]) -> str:
+    regime = row.get("regime")
+    if not isinstance(regime, str):
+        return MISSING
+    counts = row.get("regime_counts")
+    seeds = row.get("seeds")
+    if isinstance(counts, Mapping) and isinstance(seeds, list):
+        return f"{regime} ({format_number(counts.get(regime, 0))}/{len(seeds)})"
+    return regime
+
+
+def _section_text(config: Mapping[str, Any], section: str, lead_key: str) -> str:
+    """Describe a config section as its ``lead_key`` value followed by its other settings in parentheses."""
+    values = config.get(section)
+    if not isinstance(values, Mapping) or not values:
+        return f"not recorded (the config has no {section} section)"
+    lead = format_value(values[lead_key]) if lead_key in values else ""
+    others = [f"{key}={format_value(value)}" for key, value in flatten(values) if key != lead_key]
+    if lead and others:
+        return f"{lead} ({', '.join(others)})"
+    return lead or ", ".join(others)
+
+
+def _sweep_text(config: Mapping[str, Any]) -> str:
+    sweep = config.get("sweep")
+    if not isinstance(sweep, Mapping):
+        return "not recorded (the config has no sweep section)"
+    parts = [
+        f"surrogates {format_value(sweep.get('surrogates', MISSING))}",
+        f"λ {format_value(sweep.get('lams', MISSING))}",
+        f"seeds {format_value(sweep.get('seeds', MISSING))}",
+    ]
+    return "; ".join(parts)
+
+
+def _is_step_key(key: str) -> bool:
+    return not key.startswith("sweep.") and key.rsplit(".", 1)[-1] in _STEP_KEYS
+
+
+def _is_schedule_key(key: str) -> bool:
+    return not key.startswith("sweep.") and any(word in key.lower() for word in _SCHEDULE_WORDS)
+
+
+def _matching_text(pairs: Sequence[tuple[str, Any]], predicate: Any) -> str:
+    matches = [f"{key} = {format_value(value)}" for key, value in pairs if predicate(key)]
+    return ", ".join(matches) if matches else "not found in the config (see the full config below)"
