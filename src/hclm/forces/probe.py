@@ -135,7 +135,9 @@ class ForceProbe:
     @property
     def last(self) -> ForceRecord | None:
         """The most recent record, or None before the first measurement."""
-        return self.records[-1] if self.records else self._pending
+        if self._pending is not None:
+            return self._pending
+        return self.records[-1] if self.records else None
 
     def backward(
         self,
@@ -170,14 +172,14 @@ class ForceProbe:
             return None
 
         entropy_grads = torch.autograd.grad(entropy, self.params, retain_graph=True, allow_unused=True)
-        objective_grads = torch.autograd.grad(objective, self.params, retain_graph=retain_graph, allow_unused=True)
-        for param, grad in zip(self.params, objective_grads):
-            if grad is None:
-                continue
-            if param.grad is None:
-                param.grad = grad.detach().clone()
-            else:
-                param.grad.add_(grad)
+        # A plain backward pass fills every leaf of the graph, including parameters outside
+        # self.params; ∇J of the measured ones is what it added to their .grad.
+        accumulated = [None if param.grad is None else param.grad.detach().clone() for param in self.params]
+        objective.backward(retain_graph=retain_graph)
+        objective_grads = [
+            None if param.grad is None else (param.grad if before is None else param.grad - before)
+            for param, before in zip(self.params, accumulated)
+        ]
 
         record = self._measure(step, lam, loss, entropy, entropy_grads, objective_grads)
         if self._pending is not None:
