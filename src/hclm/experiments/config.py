@@ -178,6 +178,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
     Raises:
         FileNotFoundError: the file does not exist.
+
+    A relative ``data.path`` is taken relative to the folder of the config file.
         ValueError: invalid YAML, unknown keys or invalid values; the message names each key.
     """
     file = Path(path)
@@ -191,7 +193,11 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"config file {file} must contain a mapping of sections, got {type(raw).__name__}")
-    return parse_config(raw, source=str(file))
+    config = parse_config(raw, source=str(file))
+    # A relative data path is read relative to the config file, so the file works from any folder.
+    if config.data.path is not None and not config.data.path.is_absolute():
+        config.data.path = file.parent / config.data.path
+    return config
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
