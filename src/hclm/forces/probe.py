@@ -83,6 +83,9 @@ class ForceProbe:
     than plain SGD they describe the SGD flow at that step size, and the realized ``ΔH`` differs
     from ``I_t + D_t`` by more than ``O(η²)``.
 
+    A measured step costs one more reverse pass than a plain step, plus the bookkeeping, and the
+    probe keeps five float64 vectors as long as the measured parameters (40 bytes per parameter).
+
     Args:
         params: parameters whose forces are measured; defaults to all parameters of ``optimizer``.
         schedule: an integer ``k`` (measure every ``k``-th step) or a schedule object called with
@@ -120,6 +123,9 @@ class ForceProbe:
         self.records: list[ForceRecord] = []
         self._sizes = [p.numel() for p in self.params]
         self._previous_direction: torch.Tensor | None = None
+        self._previous_norm = 0.0
+        self._direction_slot = 0
+        self._buffers: dict[tuple[str, int], torch.Tensor] = {}
         self._pending: ForceRecord | None = None
         self._step_counter = 0
 
@@ -235,11 +241,12 @@ class ForceProbe:
         objective_grads: Sequence[torch.Tensor | None],
     ) -> ForceRecord:
         with torch.no_grad():
-            grad_h = self._flatten(entropy_grads)
-            grad_j = self._flatten(objective_grads)
-            # ∇J = ∇L − λ∇H, so F_L = −∇L = −(∇J + λ∇H) and F_H = λ∇H.
-            loss_force = -(grad_j + lam * grad_h)
-            info_force = lam * grad_h
+            # Two ∇H buffers alternate, so the other one holds the previous direction without a copy.
+            grad_h = self._flatten_into(entropy_grads, self._buffer("grad_h", self._direction_slot))
+            grad_j = self._flatten_into(objective_grads, self._buffer("grad_j"))
+            info_force = torch.mul(grad_h, lam, out=self._buffer("info_force"))
+            # ∇J = ∇L − λ∇H, so F_L = −∇L = −(∇J + λ∇H), built in place in the ∇J buffer.
+            loss_force = grad_j.add_(info_force).neg_()
 
             strength = float(info_force.norm())
             loss_norm = float(loss_force.norm())
@@ -255,19 +262,20 @@ class ForceProbe:
 
             persistence = math.nan
             grad_h_norm = float(grad_h.norm())
-            if self._previous_direction is not None and grad_h_norm > 0:
-                previous_norm = float(self._previous_direction.norm())
-                if previous_norm > 0:
-                    persistence = float(grad_h @ self._previous_direction) / (grad_h_norm * previous_norm)
+            if self._previous_direction is not None and grad_h_norm > 0 and self._previous_norm > 0:
+                persistence = float(grad_h @ self._previous_direction) / (grad_h_norm * self._previous_norm)
             if grad_h_norm > 0:
-                self._previous_direction = grad_h.clone()
+                self._previous_direction = grad_h
+                self._previous_norm = grad_h_norm
+                self._direction_slot = 1 - self._direction_slot
 
             step_sizes = self._step_sizes(grad_h)
             if step_sizes is None:
                 injection = dissipation = math.nan
             else:
-                injection = float((step_sizes * grad_h) @ info_force)
-                dissipation = float((step_sizes * grad_h) @ loss_force)
+                scaled = torch.mul(grad_h, step_sizes, out=self._buffer("scaled"))
+                injection = float(scaled @ info_force)
+                dissipation = float(scaled @ loss_force)
 
         record = ForceRecord(
             step=step,
@@ -286,12 +294,28 @@ class ForceProbe:
         logger.debug("force probe step %d: %s", step, record)
         return record
 
-    def _flatten(self, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        pieces = [
-            torch.zeros(size, dtype=torch.float64, device=param.device) if grad is None else grad.reshape(-1).double()
-            for param, grad, size in zip(self.params, grads, self._sizes)
-        ]
-        return torch.cat(pieces)
+    def _buffer(self, name: str, slot: int = 0) -> torch.Tensor:
+        """Return a float64 vector with one entry per measured parameter entry, allocated once.
+
+        Reusing the buffers keeps a measured step free of large allocations (and page faults).
+        """
+        key = (name, slot)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = torch.empty(sum(self._sizes), dtype=torch.float64, device=self.params[0].device)
+            self._buffers[key] = buffer
+        return buffer
+
+    def _flatten_into(self, grads: Sequence[torch.Tensor | None], out: torch.Tensor) -> torch.Tensor:
+        offset = 0
+        for grad, size in zip(grads, self._sizes):
+            piece = out[offset : offset + size]
+            if grad is None:
+                piece.zero_()
+            else:
+                piece.copy_(grad.reshape(-1))
+            offset += size
+        return out
 
     def _step_sizes(self, like: torch.Tensor) -> torch.Tensor | float | None:
         if self.lr is not None:
