@@ -100,7 +100,7 @@ def test_per_run_records_are_written(quick_run):
         rows = list(csv.DictReader(stream))
     assert len(rows) == 150
     measured = [row for row in rows if row["strength"]]
-    assert len(measured) == 75
+    assert len(measured) == 150
     assert float(measured[0]["relative_strength"]) > 0
 
 

@@ -166,9 +166,8 @@ def _make_output(folder: Path, rows: tuple[tuple[Any, ...], ...] = ROWS) -> dict
         "config": {
             "data": {"name": "blobs", "n_train": 512},
             "model": {"name": "mlp", "hidden": 64},
-            "train": {"steps": STEPS, "lr": 0.01},
-            "forces": {"measure_every": MEASURE_EVERY},
-            "probe": {"every": 20},
+            "train": {"optimizer": "adam", "steps": STEPS, "lr": 0.01, "batch_size": 32},
+            "probe": {"every": MEASURE_EVERY, "realized": True},
             "sweep": {
                 "surrogates": ["none", "logdet", "softmax", "variance"],
                 "lams": [0.01, 0.1],
@@ -304,9 +303,9 @@ def test_report_lists_setup_and_environment(rendered):
     setup = _section(markdown, "Setup")
     assert "- Data: blobs (n\\_train=512)" in setup
     assert "- Sweep: surrogates none, logdet, softmax, variance; λ 0.01, 0.1; seeds 0, 1" in setup
-    assert "- Training length: train.steps = 40" in setup
-    assert "forces.measure\\_every = 5" in setup
-    assert "probe.every = 20" in setup
+    assert "- Training: adam at learning rate 0.01, 40 steps of batch 32" in setup
+    assert "those of an SGD step" in setup
+    assert "- Probe: forces measured every 5 step(s), with the realized entropy change" in setup
     assert "| r\\_min | 0.05 | median relative strength |" in _section(markdown, "Regime thresholds")
     assert "| torch | 2.13.0 |" in _section(markdown, "Environment")
 

@@ -98,7 +98,7 @@ def report(
 def _print_summary(summary: dict) -> None:
     table = Table(title="Surrogate comparison (mean over seeds)")
     for column in ("surrogate", "λ", "regime", "rel. strength", "test acc", "probe acc", "eff. rank"):
-        table.add_column(column, justify="right" if column not in ("surrogate", "regime") else "left")
+        table.add_column(column, justify="right" if column not in ("surrogate", "regime") else "left", no_wrap=True)
     for row in summary["results"]:
         table.add_row(
             row["surrogate"],

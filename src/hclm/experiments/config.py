@@ -92,7 +92,7 @@ class TrainConfig(_Strict):
 class ProbeConfig(_Strict):
     """Force probe schedule and regime thresholds."""
 
-    every: int = Field(2, ge=1, description="measure the forces every k-th step")
+    every: int = Field(1, ge=1, description="measure the forces every k-th step")
     r_min: float = Field(0.05, ge=0.0, description="weak below this median relative strength")
     c_min: float = Field(-0.9, ge=-1.0, le=1.0, description="opposed below this median alignment")
     v_max: float = Field(1.0, ge=0.0, description="unstable above this volatility of the strength")

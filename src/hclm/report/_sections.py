@@ -19,10 +19,6 @@ from hclm.report._values import (
     format_value,
 )
 
-# The config schema belongs to the training code, so setup lines are found by key name.
-_STEP_KEYS = ("steps", "max_steps", "num_steps", "train_steps", "total_steps", "epochs")
-_SCHEDULE_WORDS = ("probe", "measure", "every", "interval", "schedule")
-
 _THRESHOLD_QUANTITIES = {
     "r_min": "median relative strength",
     "c_min": "median alignment",
@@ -69,8 +65,8 @@ def build_setup(config: Mapping[str, Any]) -> list[Block]:
         f"Data: {_section_text(config, 'data', lead_key='name')}",
         f"Model: {_section_text(config, 'model', lead_key='name')}",
         f"Sweep: {_sweep_text(config)}",
-        f"Training length: {_matching_text(pairs, _is_step_key)}",
-        f"Probe and measurement schedule: {_matching_text(pairs, _is_schedule_key)}",
+        f"Training: {_training_text(config)}",
+        f"Probe: {_probe_text(config)}",
     ]
     blocks: list[Block] = [Heading("Setup", 2), BulletList(tuple(items)), Heading("Resolved configuration", 3)]
     if pairs:
@@ -211,14 +207,27 @@ def _sweep_text(config: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _is_step_key(key: str) -> bool:
-    return not key.startswith("sweep.") and key.rsplit(".", 1)[-1] in _STEP_KEYS
+def _training_text(config: Mapping[str, Any]) -> str:
+    train = config.get("train")
+    if not isinstance(train, Mapping):
+        return "not recorded (the config has no train section)"
+    text = (
+        f"{format_value(train.get('optimizer', MISSING))} at learning rate {format_value(train.get('lr', MISSING))}, "
+        f"{format_value(train.get('steps', MISSING))} steps of batch {format_value(train.get('batch_size', MISSING))}"
+    )
+    if train.get("optimizer") not in (None, "sgd"):
+        # I_t and D_t use the SGD step η·(F_L + F_H); an adaptive optimizer moves the parameters differently.
+        text += (
+            "; injection and dissipation are those of an SGD step at this learning rate, "
+            "because the forces are measured before the optimizer transforms them"
+        )
+    return text
 
 
-def _is_schedule_key(key: str) -> bool:
-    return not key.startswith("sweep.") and any(word in key.lower() for word in _SCHEDULE_WORDS)
-
-
-def _matching_text(pairs: Sequence[tuple[str, Any]], predicate: Any) -> str:
-    matches = [f"{key} = {format_value(value)}" for key, value in pairs if predicate(key)]
-    return ", ".join(matches) if matches else "not found in the config (see the full config below)"
+def _probe_text(config: Mapping[str, Any]) -> str:
+    probe = config.get("probe")
+    if not isinstance(probe, Mapping):
+        return "not recorded (the config has no probe section)"
+    every = probe.get("every", MISSING)
+    realized = "with" if probe.get("realized") else "without"
+    return f"forces measured every {format_value(every)} step(s), {realized} the realized entropy change"
