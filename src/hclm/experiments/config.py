@@ -40,7 +40,7 @@ class MixtureConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Where the data come from and how they are split."""
+    """Data source and train/test split."""
 
     name: Literal["digits", "mixture", "npz", "csv"] = Field(
         "digits", description="digits (scikit-learn, bundled), mixture (synthetic), npz or csv (your file)"

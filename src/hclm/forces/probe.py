@@ -182,10 +182,12 @@ class ForceProbe:
         # self.params; ∇J of the measured ones is what it added to their .grad.
         accumulated = [None if param.grad is None else param.grad.detach().clone() for param in self.params]
         objective.backward(retain_graph=retain_graph)
-        objective_grads = [
-            None if param.grad is None else (param.grad if before is None else param.grad - before)
-            for param, before in zip(self.params, accumulated)
-        ]
+        objective_grads: list[torch.Tensor | None] = []
+        for param, before in zip(self.params, accumulated):
+            if param.grad is None or before is None:
+                objective_grads.append(param.grad)
+            else:
+                objective_grads.append(param.grad - before)
 
         record = self._measure(step, lam, loss, entropy, entropy_grads, objective_grads)
         if self._pending is not None:
@@ -241,7 +243,7 @@ class ForceProbe:
         objective_grads: Sequence[torch.Tensor | None],
     ) -> ForceRecord:
         with torch.no_grad():
-            # Two ∇H buffers alternate, so the other one holds the previous direction without a copy.
+            # Two ∇H buffers alternate, so the other one contains the previous direction without a copy.
             grad_h = self._flatten_into(entropy_grads, self._buffer("grad_h", self._direction_slot))
             grad_j = self._flatten_into(objective_grads, self._buffer("grad_j"))
             info_force = torch.mul(grad_h, lam, out=self._buffer("info_force"))
