@@ -79,8 +79,8 @@ class ForceProbe:
         print(probe.summary().regime)
 
     The forces are taken before the optimizer transforms the gradient. Injection and dissipation
-    use the step size ``η`` of each parameter's optimizer group (or ``lr``); for optimizers other
-    than plain SGD they describe the SGD flow at that step size, and the realized ``ΔH`` differs
+    use the step size ``η`` of each parameter's optimizer group (or ``lr``). For optimizers other
+    than plain SGD they describe the SGD flow at that step size, so the realized ``ΔH`` differs
     from ``I_t + D_t`` by more than ``O(η²)``.
 
     A measured step costs one more reverse pass than a plain step, plus the bookkeeping, and the
