@@ -8,15 +8,29 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from hclm.surrogates.functional import coding_rate, logdet_entropy, softmax_entropy, variance_entropy
+from hclm.surrogates.functional import (
+    coding_rate,
+    logdet_entropy,
+    softmax_entropy,
+    softmax_marginal_entropy,
+    variance_entropy,
+)
+from hclm.surrogates.geometric import uniformity, variance_hinge
+from hclm.surrogates.knn import knn_entropy
+from hclm.surrogates.spectral import von_neumann_entropy
 
 SurrogateFn = Callable[..., torch.Tensor]
 
 _REGISTRY: dict[str, SurrogateFn] = {
     "softmax": softmax_entropy,
+    "softmax_marginal": softmax_marginal_entropy,
     "variance": variance_entropy,
     "logdet": logdet_entropy,
     "coding_rate": coding_rate,
+    "von_neumann": von_neumann_entropy,
+    "knn": knn_entropy,
+    "uniformity": uniformity,
+    "variance_hinge": variance_hinge,
 }
 
 
@@ -92,3 +106,66 @@ class Surrogate(nn.Module):
     def extra_repr(self) -> str:
         details = ", ".join(f"{key}={value!r}" for key, value in self.params.items())
         return f"{self.name!r}" + (f", {details}" if details else "")
+
+
+class SoftmaxEntropy(Surrogate):
+    """Module form of :func:`softmax_entropy`."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__("softmax", **params)
+
+
+class SoftmaxMarginalEntropy(Surrogate):
+    """Module form of :func:`softmax_marginal_entropy`."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__("softmax_marginal", **params)
+
+
+class VarianceEntropy(Surrogate):
+    """Module form of :func:`variance_entropy`."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__("variance", **params)
+
+
+class LogDetEntropy(Surrogate):
+    """Module form of :func:`logdet_entropy`."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__("logdet", **params)
+
+
+class CodingRate(Surrogate):
+    """Module form of :func:`coding_rate`."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__("coding_rate", **params)
+
+
+class VonNeumannEntropy(Surrogate):
+    """Module form of :func:`von_neumann_entropy`."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__("von_neumann", **params)
+
+
+class KNNEntropy(Surrogate):
+    """Module form of :func:`knn_entropy`."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__("knn", **params)
+
+
+class Uniformity(Surrogate):
+    """Module form of :func:`uniformity`."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__("uniformity", **params)
+
+
+class VarianceHinge(Surrogate):
+    """Module form of :func:`variance_hinge`."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__("variance_hinge", **params)
