@@ -479,7 +479,17 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_available_surrogates_builtin() -> None:
-    assert available_surrogates() == ("coding_rate", "logdet", "softmax", "variance")
+    assert available_surrogates() == (
+        "coding_rate",
+        "knn",
+        "logdet",
+        "softmax",
+        "softmax_marginal",
+        "uniformity",
+        "variance",
+        "variance_hinge",
+        "von_neumann",
+    )
 
 
 def test_get_surrogate_builtin() -> None:
