@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from hclm.surrogates._checks import check_positive, compute_dtype, validate_representations
 from hclm.surrogates.distributed import gather_rows
-from hclm.surrogates.linalg import is_numerically_singular, logdet_spd
+from hclm.surrogates.linalg import is_numerically_singular, logdet_gram
 
 
 def softmax_entropy(z: torch.Tensor, tau: float = 1.0, gather: bool | Any = False) -> torch.Tensor:
@@ -135,23 +135,21 @@ def logdet_entropy(
     factor_dtype = compute_dtype(x, precision)
     n, d = x.shape
 
-    centered = _center(x) / math.sqrt(n - 1)
-    if n <= d:
-        if eps == 0:
+    centered = _center(x)
+    if eps == 0:
+        if n <= d:
             raise ValueError(
                 f"logdet: the covariance of {n} samples in {d} dimensions has rank at most {n - 1} < {d}, "
                 "so its log-determinant is -inf with eps = 0; set eps > 0 or use a batch with more than d rows"
             )
-        matrix = _add_ridge((centered @ centered.T).to(factor_dtype), eps)
-        value = 0.5 * ((d - n) * math.log(eps) + logdet_spd(matrix))
-    else:
-        matrix = _add_ridge((centered.T @ centered).to(factor_dtype), eps)
-        if eps == 0 and is_numerically_singular(matrix):
+        if is_numerically_singular((centered.T @ centered).detach().to(factor_dtype)):
             raise ValueError(
                 f"logdet: the covariance of representations with shape {tuple(x.shape)} is rank-deficient, "
                 "so its log-determinant is -inf with eps = 0; set eps > 0 (for example 1e-4)"
             )
-        value = 0.5 * logdet_spd(matrix)
+    # log det(Z_cᵀZ_c/(n−1) + εI) = −d·log(n−1) + log det(Z_cᵀZ_c + ε(n−1)I): scaling the ridge
+    # instead of the rows saves a pass over Z. n < d uses the n×n Gram matrix inside logdet_gram.
+    value = 0.5 * (logdet_gram(centered, eps * (n - 1), factor_dtype) - d * math.log(n - 1))
     return value.to(out_dtype)
 
 
@@ -183,10 +181,10 @@ def coding_rate(
     unit = F.normalize(x, dim=1)
     n, d = unit.shape
 
+    # log det(I + cUᵀU) = d·log c + log det(UᵀU + I/c), so the ridge form applies with r = 1/c.
     scale = d / (n * eps**2)
-    product = unit @ unit.T if n < d else unit.T @ unit
-    matrix = torch.eye(product.shape[0], dtype=factor_dtype, device=x.device) + scale * product.to(factor_dtype)
-    return (0.5 * logdet_spd(matrix)).to(out_dtype)
+    value = d * math.log(scale) + logdet_gram(unit, 1.0 / scale, factor_dtype)
+    return (0.5 * value).to(out_dtype)
 
 
 def _prepare(
@@ -212,7 +210,10 @@ def _prepare(
 
 
 def _center(x: torch.Tensor) -> torch.Tensor:
-    return x - x.mean(dim=0, keepdim=True)
+    # Two passes: the mean of rows far from the origin is off by more than the spread of small
+    # directions, and the second pass removes what the first left, now computed on small values.
+    centered = x - x.mean(dim=0, keepdim=True)
+    return centered - centered.mean(dim=0, keepdim=True)
 
 
 def _add_ridge(matrix: torch.Tensor, eps: float) -> torch.Tensor:
