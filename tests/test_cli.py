@@ -156,7 +156,7 @@ def test_nan_rows_in_user_data(tmp_path):
     config = _write_config(tmp_path, f"data:\n  name: npz\n  path: {tmp_path / 'data.npz'}\n")
     result = runner.invoke(app, ["run", "--config", str(config), "--quick", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
-    assert "row 7, column 2" in result.output
+    assert "sample 7, column 2" in result.output
 
 
 def test_report_without_summary(tmp_path):
@@ -170,3 +170,24 @@ def test_help_lists_options():
     assert result.exit_code == 0
     for option in ("--out", "--config", "--quick", "--workers"):
         assert option in result.output
+
+
+def test_out_is_regular_file(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("not a folder")
+    result = runner.invoke(app, ["run", "--quick", "--out", str(target)])
+    assert result.exit_code == 2
+    assert "is not a folder" in result.output
+
+
+def test_data_error_before_output_folder(tmp_path):
+    config = _write_config(tmp_path, f"data:\n  name: npz\n  path: {tmp_path / 'absent.npz'}\n")
+    result = runner.invoke(app, ["run", "--config", str(config), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_rerun_reports_resumed_runs(quick_run):
+    out, _ = quick_run
+    result = runner.invoke(app, ["run", "--quick", "--out", str(out)])
+    assert "Resuming: 9 of 9 runs" in result.output

@@ -163,3 +163,21 @@ def test_aggregate_mean_std_and_regime():
 def test_unknown_surrogate_parameter():
     with pytest.raises(ValueError, match="epsilon"):
         parse_config({"surrogate_params": {"logdet": {"epsilon": 1.0}}})
+
+
+def test_csv_nan_cell_names_line(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("a,label\n1,0\nnan,1\n2,0\n3,1\n")
+    with pytest.raises(ValueError, match="line 3, column 'a'"):
+        load_dataset(DataConfig(name="csv", path=path, label_column="label"))
+
+
+def test_single_class_message(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((6, 2)), y=np.zeros(6, dtype=int))
+    with pytest.raises(ValueError, match=r"single class \(0\)"):
+        load_dataset(DataConfig(name="npz", path=tmp_path / "d.npz"))
+
+
+def test_invalid_number_echoes_value():
+    with pytest.raises(ValueError, match="'fast'"):
+        parse_config({"train": {"lr": "fast"}})

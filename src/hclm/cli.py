@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from hclm.experiments.config import ExperimentConfig, load_config, quick_config
-from hclm.experiments.sweep import plan_runs, run_sweep
+from hclm.experiments.data import load_dataset
+from hclm.experiments.sweep import check_output_folder, count_finished, run_sweep
 
 app = typer.Typer(
     add_completion=False,
@@ -48,9 +50,16 @@ def run(
     if quick:
         settings = quick_config(settings)
     folder = out if out is not None else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        check_output_folder(folder)
+        dataset = load_dataset(settings.data)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(str(error))
 
-    total = len(plan_runs(settings))
-    console.print(f"Writing to [bold]{folder}[/bold]: {total} runs on {settings.data.name}")
+    finished, total = count_finished(settings, folder)
+    console.print(f"Writing to [bold]{folder}[/bold]: {total} runs on {dataset.name}")
+    if finished:
+        console.print(f"Resuming: {finished} of {total} runs are already finished there and are kept.")
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -67,9 +76,15 @@ def run(
             progress.update(task, completed=done, description=f"{result['run_id']:<28}")
 
         try:
-            summary = run_sweep(settings, folder, workers=workers, progress=advance)
-        except (FileNotFoundError, ValueError) as error:
+            summary = run_sweep(settings, folder, workers=workers, progress=advance, dataset=dataset)
+        except (FileNotFoundError, ValueError, OSError) as error:
             _fail(str(error))
+        except KeyboardInterrupt:
+            progress.stop()
+            error_console.print(
+                f"Interrupted. Finished runs are saved in {folder}; run the same command again to resume."
+            )
+            raise typer.Exit(code=130) from None
 
     from hclm.report import render_report
 
@@ -81,7 +96,9 @@ def run(
 
 @app.command()
 def report(
-    folder: Path = typer.Argument(..., help="Output folder of an earlier `hclm run` (holds summary.json and runs/)."),
+    folder: Path = typer.Argument(
+        ..., metavar="FOLDER", help="Output folder of an earlier `hclm run` (contains summary.json and runs/)."
+    ),
 ) -> None:
     """Render report.md, report.html and the plots again from the stored records in FOLDER."""
     _configure_logging(False)
@@ -96,9 +113,10 @@ def report(
 
 
 def _print_summary(summary: dict) -> None:
-    table = Table(title="Surrogate comparison (mean over seeds)")
-    for column in ("surrogate", "λ", "regime", "rel. strength", "test acc", "probe acc", "eff. rank"):
-        table.add_column(column, justify="right" if column not in ("surrogate", "regime") else "left", no_wrap=True)
+    table = Table(title="Surrogate comparison (mean over seeds)", box=box.SIMPLE_HEAD, padding=(0, 1))
+    for column in ("surrogate", "λ", "regime", "rel. str.", "test acc", "probe acc", "eff. rank"):
+        justify = "left" if column in ("surrogate", "regime") else "right"
+        table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
     for row in summary["results"]:
         table.add_row(
             row["surrogate"],
@@ -126,7 +144,7 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _fail(message: str) -> None:
-    error_console.print(f"[red]error:[/red] {message}", highlight=False)
+    error_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

@@ -5,6 +5,7 @@ Unknown keys and invalid values are errors that name the key and the allowed val
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hclm.surrogates import available_surrogates, check_surrogate_parameters
+
+logger = logging.getLogger(__name__)
 
 NO_SURROGATE = "none"
 DEFAULT_SURROGATES = (NO_SURROGATE, "softmax", "variance", "logdet", "coding_rate")
@@ -190,6 +193,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
     except yaml.YAMLError as error:
         raise ValueError(f"config file {file} is not valid YAML: {error}") from None
     if raw is None:
+        logger.warning("config file %s is empty; using the default config", file)
         raw = {}
     if not isinstance(raw, dict):
         raise ValueError(f"config file {file} must contain a mapping of sections, got {type(raw).__name__}")
@@ -219,6 +223,8 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         elif problem["type"] == "literal_error":
             expected = problem.get("ctx", {}).get("expected", "")
             message = f"invalid value {problem.get('input')!r}; allowed values: {expected}"
+        elif "input" in problem and not isinstance(problem["input"], (dict, list)):
+            message = f"{message} (got {problem['input']!r})"
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
 

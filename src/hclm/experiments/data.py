@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +66,9 @@ def load_dataset(config: DataConfig) -> Dataset:
     labels, y_index = np.unique(y, return_inverse=True)
     counts = np.bincount(y_index)
     if len(labels) < 2:
-        raise ValueError(f"{name}: found a single class ({labels[0]!r}); the experiment needs at least 2 classes")
+        raise ValueError(f"{name}: found a single class ({labels[0].item()!r}); the experiment needs at least 2 classes")
     if counts.min() < 2:
-        rare = labels[int(np.argmin(counts))]
+        rare = labels[int(np.argmin(counts))].item()
         raise ValueError(
             f"{name}: class {rare!r} has {int(counts.min())} sample(s); "
             "a stratified split needs at least 2 per class, so remove or merge that class"
@@ -152,11 +153,17 @@ def read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
                 if column == label_index:
                     continue
                 try:
-                    values.append(float(cell))
+                    value = float(cell)
                 except ValueError:
                     raise ValueError(
                         f"{path}, line {line_number}, column {header[column]!r}: {cell!r} is not a number"
                     ) from None
+                if not math.isfinite(value):
+                    raise ValueError(
+                        f"{path}, line {line_number}, column {header[column]!r}: {cell!r} is not a finite number; "
+                        "drop or impute that row"
+                    )
+                values.append(value)
             features.append(values)
     if not features:
         raise ValueError(f"{path} has a header but no data rows")
@@ -182,7 +189,8 @@ def _validated(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray, n
     if bad.any():
         row, column = (int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"{source}: {int(bad.sum())} non-finite feature value(s), first at row {row}, column {column}; "
+            f"{source}: {int(bad.sum())} non-finite feature value(s), first at sample {row}, column {column} "
+            "(both counted from 0); "
             "drop or impute those rows"
         )
     return x, y

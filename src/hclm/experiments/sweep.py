@@ -76,6 +76,7 @@ def run_sweep(
     *,
     workers: int = 1,
     progress: ProgressCallback | None = None,
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
     """Train every run of the sweep into ``out_dir/runs`` and write ``out_dir/summary.json``.
 
@@ -87,6 +88,7 @@ def run_sweep(
         out_dir: output folder (created if needed).
         workers: number of worker processes (1 trains in this process).
         progress: called as ``progress(done, total, result)`` after each run.
+        dataset: the data of ``config.data`` if already loaded; loaded here otherwise.
 
     Returns:
         The summary dict that was written to ``summary.json``.
@@ -94,10 +96,12 @@ def run_sweep(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     out = Path(out_dir)
+    check_output_folder(out)
+    if dataset is None:
+        dataset = load_dataset(config.data)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = config_fingerprint(config)
-    dataset = load_dataset(config.data)
 
     specs = plan_runs(config)
     results: dict[str, dict[str, Any]] = {}
@@ -129,10 +133,17 @@ def run_sweep(
         for spec in pending:
             finish(train_run(config, dataset, spec))
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        try:
             futures = [pool.submit(train_run, config, dataset, spec) for spec in pending]
             for future in as_completed(futures):
                 finish(future.result())
+        except BaseException:
+            # On an interrupt or a failed run, drop the queued runs instead of training them for
+            # nothing; finished runs are already on disk and a rerun resumes from them.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
 
     ordered = [results[spec.run_id] for spec in specs]
     summary = {
@@ -144,6 +155,23 @@ def run_sweep(
     }
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def check_output_folder(out: Path) -> None:
+    """Raise ``ValueError`` when ``out`` exists and is not a folder."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a folder; pass a folder to --out")
+
+
+def count_finished(config: ExperimentConfig, out_dir: str | Path) -> tuple[int, int]:
+    """Return how many runs of the sweep are already finished in ``out_dir``, and the total."""
+    specs = plan_runs(config)
+    runs_dir = Path(out_dir) / "runs"
+    if not runs_dir.is_dir():
+        return 0, len(specs)
+    fingerprint = config_fingerprint(config)
+    finished = sum(1 for spec in specs if _load_finished(runs_dir / spec.run_id, fingerprint, quiet=True) is not None)
+    return finished, len(specs)
 
 
 def aggregate_results(runs: list[dict[str, Any]], config: ExperimentConfig) -> list[dict[str, Any]]:
@@ -216,20 +244,21 @@ def environment_info(config: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-def _load_finished(folder: Path, fingerprint: str) -> dict[str, Any] | None:
+def _load_finished(folder: Path, fingerprint: str, quiet: bool = False) -> dict[str, Any] | None:
+    warn = logger.debug if quiet else logger.warning
     result_file = folder / "result.json"
     if not result_file.is_file():
         return None
     try:
         result = json.loads(result_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        logger.warning("run folder %s has an unreadable result.json (%s); training it again", folder, error)
+        warn("run folder %s has an unreadable result.json (%s); training it again", folder, error)
         return None
-    if result.get("config_fingerprint") != fingerprint:
-        logger.warning("run folder %s was made with another config; training it again", folder)
+    if not isinstance(result, dict) or result.get("config_fingerprint") != fingerprint:
+        warn("run folder %s was made with another config; training it again", folder)
         return None
     if not (folder / "steps.csv").is_file():
-        logger.warning("run folder %s has no steps.csv; training it again", folder)
+        warn("run folder %s has no steps.csv; training it again", folder)
         return None
     return result
 

@@ -189,7 +189,11 @@ def _section_text(config: Mapping[str, Any], section: str, lead_key: str) -> str
     if not isinstance(values, Mapping) or not values:
         return f"not recorded (the config has no {section} section)"
     lead = format_value(values[lead_key]) if lead_key in values else ""
-    others = [f"{key}={format_value(value)}" for key, value in flatten(values) if key != lead_key]
+    others = [
+        f"{key}={format_value(value)}"
+        for key, value in flatten(values)
+        if key != lead_key and _applies(section, values, key)
+    ]
     if lead and others:
         return f"{lead} ({', '.join(others)})"
     return lead or ", ".join(others)
@@ -231,3 +235,15 @@ def _probe_text(config: Mapping[str, Any]) -> str:
     every = probe.get("every", MISSING)
     realized = "with" if probe.get("realized") else "without"
     return f"forces measured every {format_value(every)} step(s), {realized} the realized entropy change"
+
+
+def _applies(section: str, values: Mapping[str, Any], key: str) -> bool:
+    """Return False for data settings that the chosen data source ignores."""
+    if section != "data":
+        return True
+    name = values.get("name")
+    if key.startswith("mixture."):
+        return name == "mixture"
+    if key in ("path", "label_column"):
+        return name in ("npz", "csv") and not (key == "label_column" and name == "npz")
+    return True

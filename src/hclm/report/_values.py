@@ -138,5 +138,8 @@ def accuracy_difference(row: Mapping[str, Any], baseline: Mapping[str, Any] | No
     if baseline is None:
         return math.nan, math.nan
     difference = as_float(row.get("test_accuracy_mean")) - as_float(baseline.get("test_accuracy_mean"))
+    # Means of the same accuracies can differ by rounding alone; show those as exactly 0.
+    if abs(difference) < 1e-12:
+        difference = 0.0
     spread = math.hypot(as_float(row.get("test_accuracy_std")), as_float(baseline.get("test_accuracy_std")))
     return difference, spread

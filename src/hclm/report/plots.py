@@ -279,7 +279,9 @@ def plot_injection_dissipation(
             _mark_empty(axis, "no injection or dissipation measured")
         axis.set_title(surrogate)
         axis.set_xlabel("training step")
-        axis.set_ylabel("cumulative sum over measured steps")
+        # Totals differ by orders of magnitude across λ; symlog keeps the small ones visible.
+        axis.set_yscale("symlog", linthresh=1e-3)
+        axis.set_ylabel("cumulative Σ over measured steps (nats, symlog)")
 
     figure.suptitle("Cumulative information injection and entropy dissipation\n(mean over seeds, band: min–max)")
     return _save(figure, Path(plot_dir) / PLOT_FILES["injection_dissipation"])

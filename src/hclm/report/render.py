@@ -242,6 +242,8 @@ def _merge_summary_runs(records: dict[str, dict[str, Any]], runs: Any) -> dict[s
 
 def _title(config: Mapping[str, Any]) -> str:
     data = config.get("data")
+    if isinstance(data, Mapping) and data.get("name") in ("npz", "csv") and data.get("path"):
+        return f"hclm entropy surrogate comparison: {Path(str(data['path'])).name}"
     if isinstance(data, Mapping) and "name" in data:
         return f"hclm entropy surrogate comparison: {format_value(data['name'])}"
     return "hclm entropy surrogate comparison"
