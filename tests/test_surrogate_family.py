@@ -678,13 +678,6 @@ def test_knn_identical_rows_raise() -> None:
         knn_entropy(z)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "knn_entropy: when every k-th neighbour distance is zero but the rows are not all identical "
-        "(two distinct rows, each repeated k + 1 times), the ValueError says all rows are identical"
-    ),
-    strict=True,
-)
 def test_knn_zero_distances_message() -> None:
     z = torch.tensor([[0.0, 0.0]] * 4 + [[1.0, 1.0]] * 4, dtype=torch.float64)
 
@@ -694,13 +687,6 @@ def test_knn_zero_distances_message() -> None:
     assert "identical" not in str(raised.value)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "knn_entropy: float32 rows offset by 1000 from the origin get the wrong neighbours, because the "
-        "brute-force search expands ‖a−b‖² = ‖a‖² − 2a·b + ‖b‖² without centering and cancels in float32"
-    ),
-    strict=True,
-)
 def test_knn_float32_offset_matches_naive() -> None:
     z = (randn(2000, 2, seed=138) + 1000.0).float()
     # The oracle runs in float64 on the same float32 points. Differences of nearby points near
@@ -710,13 +696,6 @@ def test_knn_float32_offset_matches_naive() -> None:
     assert float(knn_entropy(z)) == pytest.approx(expected, rel=0.0, abs=ROUNDING_CONSTANT * 2 * U32)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "knn_entropy: for float32 rows with spread below about 1e-14 the squared floor "
-        "(min_distance·median)² underflows to 0, so duplicate rows give log 0 and the estimate is -inf"
-    ),
-    strict=True,
-)
 def test_knn_duplicates_tiny_scale() -> None:
     base = (1e-16 * randn(10, 2, seed=139)).float()
     z = torch.cat([base, base[:3]])

@@ -37,8 +37,9 @@ def knn_entropy(
     local, so it weakens where the neighbour distances are already even.
 
     Duplicate rows: a distance below ``min_distance × (median of the positive distances)`` is
-    raised to that floor, so duplicates give a finite estimate and no gradient along their
-    zero-length difference. If every distance is zero the entropy is ``−inf`` and the call raises.
+    raised to that floor (in log space, so it cannot underflow), so duplicates give a finite
+    estimate and no gradient along their zero-length difference. If every ``k``-th neighbour
+    distance is zero the entropy is ``−inf`` and the call raises.
 
     Args:
         z: samples, shape (n, d), ``n ≥ k + 1``.
@@ -50,7 +51,7 @@ def knn_entropy(
         Scalar tensor in ``promote_types(z.dtype, float32)``.
 
     Raises:
-        ValueError: ``k < 1``, fewer than ``k + 1`` rows, or all rows identical.
+        ValueError: ``k < 1``, fewer than ``k + 1`` rows, or every row with ``k`` or more duplicates.
     """
     name = "knn"
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -62,17 +63,23 @@ def knn_entropy(
 
     neighbours = kth_neighbour_indices(x.detach(), k)
     squared = (x - x[neighbours]).pow(2).sum(dim=1)
-    positive = squared[squared > 0]
-    if positive.numel() == 0:
+    positive = squared > 0
+    if not bool(positive.any()):
+        if bool((x == x[0]).all()):
+            raise ValueError(
+                f"knn: all {n} rows of shape {tuple(x.shape)} are identical, so the entropy estimate is -inf; "
+                "pass samples with spread"
+            )
         raise ValueError(
-            f"knn: all {n} rows of shape {tuple(x.shape)} are identical, so the entropy estimate is -inf; "
-            "pass samples with spread"
+            f"knn: every row of shape {tuple(x.shape)} has a {k}-th nearest neighbour at distance 0 "
+            "(each row has at least k duplicates), so the estimate is -inf; remove duplicates or raise k"
         )
-    floor = (min_distance * positive.detach().sqrt().median()) ** 2
-    # Clamping the squared distance before the log keeps the gradient finite at duplicates: the
-    # masked entries get zero gradient, and sqrt is never differentiated at 0.
-    clamped = torch.where(squared > floor, squared, floor)
-    log_distance = 0.5 * torch.log(clamped)
+    # The floor lives in log space, so it cannot underflow for tiny spreads. Masked entries take
+    # log 1 inside the log, which keeps the backward pass free of log(0) and of sqrt at 0.
+    log_floor = math.log(min_distance) + 0.5 * float(torch.log(squared.detach()[positive]).median())
+    safe = torch.where(positive, squared, torch.ones_like(squared))
+    log_distance = 0.5 * torch.log(safe)
+    log_distance = torch.where(positive & (log_distance > log_floor), log_distance, torch.full_like(log_distance, log_floor))
 
     constant = float(digamma(n) - digamma(k)) + log_unit_ball_volume(d)
     return constant + d * log_distance.mean()
@@ -92,6 +99,10 @@ def kth_neighbour_indices(x: torch.Tensor, k: int) -> torch.Tensor:
         # Column 0 is the point itself unless duplicates tie with it, so drop the self index.
         return torch.from_numpy(_drop_self(np.asarray(index), k)).to(x.device)
 
+    # Centered float64 coordinates keep ‖a‖² − 2a·b + ‖b‖² from cancelling for rows far from
+    # the origin, where float32 would rank near neighbours wrongly.
+    x = x.double()
+    x = x - x.mean(dim=0, keepdim=True)
     result = torch.empty(n, dtype=torch.long, device=x.device)
     squared_norms = x.pow(2).sum(dim=1)
     for start in range(0, n, _BLOCK_ROWS):
