@@ -1,0 +1,1 @@
+"""Dynamics toolkit: entropy flow, convergence, Wasserstein gradient flows, generalization, scaling fits."""
