@@ -37,8 +37,10 @@ def uniformity(z: torch.Tensor, t: float = 2.0, gather: bool | Any = False) -> t
     x = _prepare(z, name, gather)
     unit = F.normalize(x, dim=1)
     n = unit.shape[0]
-    # ‖u_i − u_j‖² = 2 − 2 u_i·u_j for unit rows, clamped at 0 against rounding.
-    squared = (2.0 - 2.0 * unit @ unit.T).clamp_min(0.0)
+    # ‖u_i − u_j‖² = ‖u_i‖² + ‖u_j‖² − 2 u_i·u_j, which also holds for zero rows (norm 0),
+    # clamped at 0 against rounding.
+    norms = unit.pow(2).sum(dim=1)
+    squared = (norms[:, None] + norms[None, :] - 2.0 * unit @ unit.T).clamp_min(0.0)
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=x.device)
     log_mean = torch.logsumexp(-t * squared[off_diagonal], dim=0) - math.log(n * (n - 1))
     return -log_mean
