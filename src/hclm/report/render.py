@@ -17,6 +17,7 @@ from hclm._io import atomic_write_text
 from hclm.report import plots
 from hclm.report._document import Block, Heading, Paragraph, to_html, to_markdown
 from hclm.report._findings import build_findings
+from hclm.experiments.runner import STEP_COLUMNS
 from hclm.report._sections import build_environment, build_plots, build_results_table, build_setup, build_thresholds
 from hclm.report._values import BASELINE, format_value, ordered_rows, surrogate_order
 
@@ -25,22 +26,6 @@ logger = logging.getLogger(__name__)
 REQUIRED_SUMMARY_KEYS = ("config", "thresholds", "results")
 """Keys that summary.json must contain. ``environment`` and ``runs`` are optional."""
 
-STEP_COLUMNS = (
-    "step",
-    "loss",
-    "entropy",
-    "lam",
-    "strength",
-    "relative_strength",
-    "alignment",
-    "novelty",
-    "persistence",
-    "injection",
-    "dissipation",
-    "delta_h",
-    "residual",
-)
-"""Columns of steps.csv. Columns outside this list are read as well."""
 
 
 def load_run_records(out_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
