@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from hclm._io import atomic_write_text
 from hclm.report import plots
 from hclm.report._document import Block, Heading, Paragraph, to_html, to_markdown
 from hclm.report._findings import build_findings
+from hclm.dynamics.flow import FLOW_COLUMNS, plot_entropy_flow
 from hclm.experiments.runner import STEP_COLUMNS
 from hclm.report._sections import build_environment, build_plots, build_results_table, build_setup, build_thresholds
 from hclm.report._values import BASELINE, format_value, ordered_rows, surrogate_order
@@ -101,6 +102,9 @@ def render_report(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         "accuracy_rank": plots.plot_accuracy_rank(plot_dir, rows, order),
         "injection_dissipation": plots.plot_injection_dissipation(plot_dir, records, order),
     }
+    flow_sources = _entropy_flow_sources(records, order)
+    if flow_sources:
+        paths["entropy_flow"] = plot_entropy_flow(flow_sources, plot_dir / "entropy_flow.png")
 
     title = _title(config)
     blocks: list[Block] = [
@@ -119,6 +123,28 @@ def render_report(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     atomic_write_text(paths["html"], to_html(blocks, title))
     logger.info("wrote report %s and %s", paths["markdown"], paths["html"])
     return paths
+
+
+def _entropy_flow_sources(records: Mapping[str, Mapping[str, Any]], order: Sequence[str]) -> dict[str, Any]:
+    """Pick one run per surrogate for the entropy-flow plot: the lowest seed at the largest λ that
+    has realized entropy changes recorded."""
+    chosen: dict[str, tuple[float, int, Mapping[str, Any]]] = {}
+    for record in records.values():
+        result = record.get("result") or {}
+        steps = record.get("steps") or {}
+        surrogate = result.get("surrogate")
+        delta_h = np.asarray(steps.get("delta_h", []), dtype=float)
+        if not isinstance(surrogate, str) or surrogate == BASELINE or not np.isfinite(delta_h).any():
+            continue
+        key = (float(result.get("lam") or 0.0), -int(result.get("seed") or 0))
+        if surrogate not in chosen or key > chosen[surrogate][:2]:
+            chosen[surrogate] = (*key, record)
+    sources = {}
+    for surrogate in [name for name in order if name in chosen] + sorted(set(chosen) - set(order)):
+        lam, negative_seed, record = chosen[surrogate]
+        label = f"{surrogate} λ={lam:g} seed {-negative_seed}"
+        sources[label] = {column: record["steps"][column] for column in FLOW_COLUMNS if column in record["steps"]}
+    return sources
 
 
 def _read_summary(folder: Path) -> dict[str, Any]:
