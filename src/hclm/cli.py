@@ -148,6 +148,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _register_subcommands() -> None:
+    from hclm import cli_scaling, cli_theory
+    from hclm.cli_simulate import simulate_app
+
+    app.add_typer(simulate_app, name="simulate")
+    cli_scaling.register(app)
+    cli_theory.register(app)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     """Entry point of the ``hclm`` command."""
     app()
