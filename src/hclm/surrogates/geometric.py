@@ -1,6 +1,6 @@
 """Geometric baselines researchers compare entropy surrogates against: uniformity and variance hinge.
 
-Both are published as losses to minimise; here they are entropy-like scores to maximise (higher
+Both are published as losses to minimise. Here they are negated into scores to maximise (higher
 means more spread), so they plug into ``L − λ·H`` like every other surrogate.
 """
 

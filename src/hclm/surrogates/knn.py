@@ -31,9 +31,9 @@ def knn_entropy(
     ``V_d = π^{d/2}/Γ(d/2 + 1)`` the volume of the unit ball. The estimate is consistent for
     continuous densities and is the reference the other surrogates are validated against.
 
-    The neighbours are found without gradient (a blocked search in torch, or a k-d tree from
-    SciPy for ``d ≤ 8`` and ``n ≥ 4096``); the gradient then flows through the distances
-    ``ρ_i = ‖z_i − z_{j(i)}‖``: each row is pushed away from its ``k``-th neighbour. The force is
+    The neighbours are found without gradient, by a blocked search in torch or, for ``d ≤ 8``
+    and ``n ≥ 4096``, a k-d tree from SciPy. The gradient then flows through the distances
+    ``ρ_i = ‖z_i − z_{j(i)}‖``, so each row is pushed away from its ``k``-th neighbour. The force is
     local, so it weakens where the neighbour distances are already even.
 
     Duplicate rows: a distance below ``min_distance × (median of the positive distances)`` is
