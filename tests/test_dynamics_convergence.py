@@ -199,7 +199,7 @@ def test_sgd_pl_has_no_floor(summary):
 
 def test_outputs_written(summary):
     _, folder = summary
-    stored = json.loads((folder / "convergence.json").read_text())
+    stored = json.loads((folder / "summary.json").read_text())
     assert [case["name"] for case in stored["cases"]] == ["strongly-convex", "pl"]
     for name in ("convergence-strongly-convex.png", "convergence-pl.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -242,7 +242,7 @@ def test_cli_convergence_quick(tmp_path):
     register(app)
     result = runner.invoke(app, ["convergence", "--quick", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "out" / "convergence.json").is_file()
+    assert (tmp_path / "out" / "summary.json").is_file()
 
 
 def test_cli_convergence_out_is_file(tmp_path):

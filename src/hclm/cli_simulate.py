@@ -162,7 +162,6 @@ def _run(
 ) -> None:
     _configure_logging(verbose)
     folder = out if out is not None else Path("runs") / f"simulate-{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    console.print(f"Writing to [bold]{folder}[/bold]")
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -172,21 +171,28 @@ def _run(
         TextColumn("left"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(kind, total=None)
+    # The progress bar starts with the first step, after the options have been validated, so an
+    # invalid option prints only its error line.
+    progress = Progress(*columns, console=console, transient=False)
+    task = progress.add_task(kind, total=None, start=False)
 
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+    def advance(done: int, total: int) -> None:
+        if not progress.live.is_started:
+            console.print(f"Writing to [bold]{folder}[/bold]")
+            progress.start()
+            progress.start_task(task)
+        progress.update(task, completed=done, total=total)
 
-        try:
-            summary = simulate(folder, advance)
-        except (ValueError, OSError) as error:
-            progress.stop()
-            _fail(str(error))
-        except KeyboardInterrupt:
-            progress.stop()
-            error_console.print("Interrupted; no summary.json was written.")
-            raise typer.Exit(code=130) from None
+    try:
+        summary = simulate(folder, advance)
+    except (ValueError, OSError) as error:
+        progress.stop()
+        _fail(str(error))
+    except KeyboardInterrupt:
+        progress.stop()
+        error_console.print("Interrupted; no summary.json was written.")
+        raise typer.Exit(code=130) from None
+    progress.stop()
 
     for name, value in summary["results"].items():
         if isinstance(value, float):

@@ -88,7 +88,7 @@ def generalization(
 
 def convergence(
     out: Optional[Path] = typer.Option(
-        None, "--out", help="Output folder for convergence.json and one PNG per case. Default: runs/convergence-<timestamp>."
+        None, "--out", help="Output folder for summary.json and one PNG per case. Default: runs/convergence-<timestamp>."
     ),
     quick: bool = typer.Option(
         False, "--quick", help="Smaller run for a smoke test: fewer gradient-descent and SGD steps, 6 SGD seeds."
@@ -138,6 +138,7 @@ def convergence(
         )
     for name, file in summary["plots"].items():
         console.print(f"{name}: [bold]{folder / file}[/bold]")
+    console.print(f"Output folder: [bold]{folder}[/bold]")
 
 
 def _parse_sigmas(text: str) -> list[float]:

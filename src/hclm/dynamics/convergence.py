@@ -621,10 +621,11 @@ def run_convergence(
     *,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Run both cases, write ``convergence.json`` and one PNG per case into ``out_dir``.
+    """Run both cases, write ``summary.json`` and one PNG per case into ``out_dir``.
 
     Returns:
-        The summary written to ``convergence.json``: per case the constants, the predicted and
+        The summary written to ``summary.json``: ``config``, ``environment``, and under ``cases``
+        per case the constants, the predicted and
         fitted factors, whether each bound held at every step, and the curves.
     """
     settings = settings or ConvergenceSettings()
@@ -632,15 +633,15 @@ def run_convergence(
     x, y = digits_regression_data()
     cases = [run_strongly_convex_case(x, y, settings, progress), run_pl_case(x, y, settings, progress)]
     summary: dict[str, Any] = {
-        "settings": asdict(settings),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}",
+        "config": asdict(settings),
+        "environment": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, numpy {np.__version__}",
         "cases": [case.as_dict() for case in cases],
         "plots": {},
     }
     for case in cases:
         path = plot_convergence_case(case, out / f"convergence-{case.name}.png")
         summary["plots"][case.name] = path.name
-    atomic_write_json(out / "convergence.json", summary)
+    atomic_write_json(out / "summary.json", summary)
     logger.info("wrote convergence results to %s", out)
     return summary
 

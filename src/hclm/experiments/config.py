@@ -212,14 +212,21 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfi
         raise ValueError(format_validation_error(error, source)) from None
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
-    """Turn a pydantic error into one line per problem: ``key.path: message``."""
+def format_validation_error(
+    error: ValidationError, source: str, model: type[BaseModel] | None = None
+) -> str:
+    """Turn a pydantic error into one line per problem: ``key.path: message``.
+
+    ``model`` is the validated config class (default :class:`ExperimentConfig`); unknown keys are
+    answered with the keys its section allows.
+    """
+    root = model or ExperimentConfig
     lines = [f"invalid {source}:"]
     for problem in error.errors():
         key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
-            message = f"unknown key; allowed keys here: {', '.join(_allowed_keys(problem['loc']))}"
+            message = f"unknown key; allowed keys here: {', '.join(_allowed_keys(problem['loc'], root))}"
         elif problem["type"] == "literal_error":
             expected = problem.get("ctx", {}).get("expected", "")
             message = f"invalid value {problem.get('input')!r}; allowed values: {expected}"
@@ -229,8 +236,7 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _allowed_keys(location: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = ExperimentConfig
+def _allowed_keys(location: tuple[Any, ...], model: type[BaseModel]) -> list[str]:
     for part in location[:-1]:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)

@@ -29,6 +29,7 @@ from hclm._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hclm.dynamics.scaling import PowerLawFit, balance_check, fit_power_law
 from hclm.experiments.config import (
     NO_SURROGATE,
+    format_validation_error,
     DataConfig,
     ExperimentConfig,
     MixtureConfig,
@@ -221,16 +222,7 @@ def parse_scaling_config(raw: dict[str, Any], source: str = "scaling config") ->
     try:
         return ScalingConfig.model_validate(raw)
     except ValidationError as error:
-        lines = [f"invalid {source}:"]
-        for problem in error.errors():
-            key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-            message = problem["msg"].removeprefix("Value error, ")
-            if problem["type"] == "extra_forbidden":
-                message = "unknown key; see ScalingConfig in hclm.experiments.scaling for the allowed keys"
-            elif "input" in problem and not isinstance(problem["input"], (dict, list)):
-                message = f"{message} (got {problem['input']!r})"
-            lines.append(f"  {key}: {message}")
-        raise ValueError("\n".join(lines)) from None
+        raise ValueError(format_validation_error(error, source, ScalingConfig)) from None
 
 
 @dataclass(frozen=True)
