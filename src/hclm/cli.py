@@ -149,12 +149,13 @@ def _fail(message: str) -> None:
 
 
 def _register_subcommands() -> None:
-    from hclm import cli_scaling, cli_theory
+    from hclm import cli_feedback, cli_scaling, cli_theory
     from hclm.cli_simulate import simulate_app
 
     app.add_typer(simulate_app, name="simulate")
     cli_scaling.register(app)
     cli_theory.register(app)
+    cli_feedback.register(app)
 
 
 _register_subcommands()
