@@ -181,3 +181,50 @@ def test_single_class_message(tmp_path):
 def test_invalid_number_echoes_value():
     with pytest.raises(ValueError, match="'fast'"):
         parse_config({"train": {"lr": "fast"}})
+
+
+def _share_in_band(rows, low, high, start):
+    strengths = np.array([row["relative_strength"] for row in rows[start:]], dtype=float)
+    return float(np.mean((strengths >= low) & (strengths <= high)))
+
+
+def test_pi_controller_holds_band():
+    config = ExperimentConfig()
+    config.train.steps = 200
+    dataset = load_dataset(config.data)
+    fixed = train_run(config, dataset, RunSpec("logdet", 1.0, 0))
+    config.control.kind = "pi"
+    controlled = train_run(config, dataset, RunSpec("logdet", 1.0, 0))
+    low, high = config.control.band
+    assert _share_in_band(controlled.rows, low, high, start=100) >= 0.8
+    assert _share_in_band(fixed.rows, low, high, start=100) <= 0.1
+    assert controlled.rows[-1]["lam"] < 1.0
+
+
+def test_feedback_changes_running_job(tmp_path):
+    import threading
+    import time
+
+    from hclm.control import write_feedback
+
+    config = ExperimentConfig()
+    config.train.steps = 600
+    config.control.feedback_every = 1
+    dataset = load_dataset(config.data)
+
+    def change_later():
+        time.sleep(0.4)
+        write_feedback(tmp_path, lam=0.05, source="test")
+
+    writer = threading.Thread(target=change_later)
+    writer.start()
+    output = train_run(config, dataset, RunSpec("logdet", 0.1, 0), control_dir=tmp_path)
+    writer.join()
+    events = output.result["feedback_events"]
+    assert len(events) == 1
+    assert events[0]["accepted"] is True
+    changed_at = events[0]["step"]
+    assert 0 < changed_at < 599
+    assert output.rows[changed_at]["lam"] == 0.1
+    assert output.rows[changed_at + 1]["lam"] == 0.05
+    assert output.rows[-1]["lam"] == 0.05

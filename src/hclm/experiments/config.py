@@ -103,6 +103,35 @@ class ProbeConfig(_Strict):
     realized: bool = Field(True, description="record the realized entropy change (one extra forward pass)")
 
 
+class ControlConfig(_Strict):
+    """How λ evolves within a run: fixed, a cosine schedule, or a PI controller; and live feedback."""
+
+    kind: Literal["constant", "cosine", "pi"] = Field(
+        "constant", description="constant (the sweep's λ), cosine (from λ to lam_end), or pi (feedback control)"
+    )
+    band: tuple[float, float] = Field(
+        (0.1, 0.5), description="pi: target band of the relative strength ‖F_H‖/‖F_L‖ (low, high)"
+    )
+    floor: float | None = Field(None, description="pi: keep the surrogate value above this floor instead of a band")
+    kp: float = Field(0.5, ge=0.0, description="pi: proportional gain on log λ per unit of log error")
+    ki: float = Field(0.2, ge=0.0, description="pi: integral gain on log λ per step")
+    lam_min: float = Field(1e-4, ge=0.0, description="pi: lower bound on λ")
+    lam_max: float = Field(10.0, gt=0.0, description="pi: upper bound on λ")
+    max_rate: float = Field(0.5, gt=0.0, description="pi: largest relative change of λ per step")
+    lam_end: float = Field(0.0, ge=0.0, description="cosine: λ at the last step")
+    feedback_every: int = Field(
+        10, ge=0, description="read control.json in the output folder every k steps (0: no live feedback)"
+    )
+
+    @field_validator("band")
+    @classmethod
+    def _ordered_band(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not (0 < low < high):
+            raise ValueError(f"control.band must satisfy 0 < low < high, got {value}")
+        return value
+
+
 class SweepConfig(_Strict):
     """The grid of runs: surrogates × λ × seeds (``none`` runs once per seed with λ = 0)."""
 
@@ -153,6 +182,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
     surrogate_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="keyword parameters per surrogate, e.g. {logdet: {eps: 1e-4}}"
     )

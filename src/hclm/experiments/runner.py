@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hclm._io import atomic_write_json, atomic_write_text
+from hclm.control import ConstantController, CosineSchedule, FeedbackReader, PIController, events_to_json
 from hclm.experiments.config import NO_SURROGATE, ExperimentConfig
 from hclm.experiments.data import Dataset
 from hclm.experiments.metrics import effective_rank, linear_probe_accuracy
@@ -75,16 +76,26 @@ def thresholds_of(config: ExperimentConfig) -> RegimeThresholds:
     return RegimeThresholds(r_min=probe.r_min, c_min=probe.c_min, v_max=probe.v_max, p_min=probe.p_min)
 
 
-def train_run(config: ExperimentConfig, dataset: Dataset, spec: RunSpec) -> RunOutput:
+def train_run(
+    config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_dir: str | Path | None = None
+) -> RunOutput:
     """Train and evaluate one run; the result is fully determined by ``config``, the data and ``spec.seed``.
 
     A run whose loss, surrogate or representations become non-finite stops at that step and is
     marked ``diverged``; its force statistics cover the steps before, and its regime is ``unstable``.
+
+    Args:
+        config: validated experiment config.
+        dataset: the data of ``config.data``.
+        spec: surrogate, starting weight λ and seed.
+        control_dir: folder whose ``control.json`` the run polls every ``control.feedback_every``
+            steps for live changes (written by ``hclm feedback``). Entries already there when the
+            run starts are ignored, so each run sees only the changes made while it trains.
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.train.threads)
     try:
-        return _train(config, dataset, spec)
+        return _train(config, dataset, spec, control_dir)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -101,7 +112,27 @@ def write_run(output: RunOutput, folder: Path) -> None:
     atomic_write_json(folder / "result.json", output.result)
 
 
-def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec) -> RunOutput:
+def make_controller(config: ExperimentConfig, lam: float) -> Any:
+    """Build the λ controller of ``config.control`` starting from the sweep's weight ``lam``."""
+    control = config.control
+    if control.kind == "constant":
+        return ConstantController(lam)
+    if control.kind == "cosine":
+        return CosineSchedule(lam, control.lam_end, config.train.steps)
+    target = ("entropy", control.floor) if control.floor is not None else ("relative_strength", *control.band)
+    lam_init = min(max(lam, control.lam_min), control.lam_max)
+    return PIController(
+        target,
+        kp=control.kp,
+        ki=control.ki,
+        lam_init=lam_init,
+        lam_min=control.lam_min,
+        lam_max=control.lam_max,
+        max_rate=control.max_rate,
+    )
+
+
+def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_dir: str | Path | None) -> RunOutput:
     torch.manual_seed(spec.seed)
     model_config, train_config = config.model, config.train
     encoder = MLPEncoder(dataset.features, model_config.hidden, model_config.representation_dim, model_config.activation)
@@ -118,6 +149,10 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec) -> RunOutp
     surrogate = get_surrogate(spec.surrogate) if uses_surrogate else None
     params = config.surrogate_params.get(spec.surrogate, {})
     probe = ForceProbe(optimizer=optimizer, schedule=config.probe.every, thresholds=thresholds_of(config))
+    controller = make_controller(config, spec.lam) if uses_surrogate else None
+    reader = None
+    if controller is not None and control_dir is not None and config.control.feedback_every > 0:
+        reader = FeedbackReader(control_dir, every=config.control.feedback_every, skip_existing=True)
 
     x_train = torch.from_numpy(dataset.x_train)
     y_train = torch.from_numpy(dataset.y_train)
@@ -131,7 +166,8 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec) -> RunOutp
         optimizer.zero_grad(set_to_none=True)
         z = encoder(x)
         loss = F.cross_entropy(head(z), y)
-        row: dict[str, Any] = {"step": step, "loss": float(loss.detach()), "lam": spec.lam if uses_surrogate else None}
+        lam = float(controller.lam) if controller is not None else None
+        row: dict[str, Any] = {"step": step, "loss": float(loss.detach()), "lam": lam}
 
         try:
             entropy = surrogate(z, **params) if surrogate is not None else None
@@ -149,7 +185,7 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec) -> RunOutp
             record = None
         else:
             row["entropy"] = float(entropy.detach())
-            record = probe.backward(loss, entropy, spec.lam, step)
+            record = probe.backward(loss, entropy, lam, step)
         optimizer.step()
 
         if record is not None:
@@ -162,6 +198,10 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec) -> RunOutp
             for key in _FORCE_COLUMNS:
                 row[key] = getattr(record, key)
         output.rows.append(row)
+        if controller is not None:
+            controller.update(step, record)
+        if reader is not None:
+            reader.poll(step, controller)
 
     train_seconds = time.perf_counter() - started
     evaluation = _evaluate(encoder, head, dataset, spec.seed)
@@ -183,6 +223,9 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec) -> RunOutp
         "steps": len(output.rows),
         "train_seconds": train_seconds,
         "forces": forces,
+        "control": config.control.kind if controller is not None else None,
+        "lam_final": float(controller.lam) if controller is not None else None,
+        "feedback_events": events_to_json(reader.events) if reader is not None else [],
     }
     logger.info(
         "run %s: test accuracy %.4f, regime %s, %.1f s",

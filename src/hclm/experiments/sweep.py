@@ -131,11 +131,11 @@ def run_sweep(
 
     if workers == 1 or len(pending) <= 1:
         for spec in pending:
-            finish(train_run(config, dataset, spec))
+            finish(train_run(config, dataset, spec, control_dir=out))
     else:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
         try:
-            futures = [pool.submit(train_run, config, dataset, spec) for spec in pending]
+            futures = [pool.submit(train_run, config, dataset, spec, out) for spec in pending]
             for future in as_completed(futures):
                 finish(future.result())
         except BaseException:
