@@ -275,3 +275,27 @@ def test_sinks_from_config_rejects_type():
 
     with pytest.raises(ValueError, match="tensorboard must be"):
         sinks_from_config(tensorboard=3)
+
+
+def test_sweep_logs_each_run(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from hclm.experiments import parse_config, run_sweep
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    config = parse_config(
+        {
+            "logging": {"tensorboard": True, "mlflow": uri},
+            "sweep": {"surrogates": ["none", "logdet"], "lams": [0.1], "seeds": [0]},
+            "train": {"steps": 20},
+        }
+    )
+    run_sweep(config, tmp_path / "out")
+    event_folders = sorted(path.name for path in (tmp_path / "out" / "tensorboard").iterdir())
+    experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name("hclm")
+    runs = MlflowClient(tracking_uri=uri).search_runs([experiment.experiment_id])
+    assert event_folders == ["logdet-lam0.1-seed0", "none-seed0"]
+    assert sorted(run.info.run_name for run in runs) == ["logdet-lam0.1-seed0", "none-seed0"]

@@ -132,6 +132,15 @@ class ControlConfig(_Strict):
         return value
 
 
+class LoggingConfig(_Strict):
+    """Where each run's records are also logged, besides steps.csv."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard event files to <out>/tensorboard/<run id>")
+    mlflow: str | None = Field(
+        None, description="MLflow tracking URI of a local file store, e.g. file:./mlruns (one MLflow run per run)"
+    )
+
+
 class SweepConfig(_Strict):
     """The grid of runs: surrogates × λ × seeds (``none`` runs once per seed with λ = 0)."""
 
@@ -183,6 +192,7 @@ class ExperimentConfig(_Strict):
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     surrogate_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="keyword parameters per surrogate, e.g. {logdet: {eps: 1e-4}}"
     )

@@ -124,6 +124,7 @@ def run_sweep(
         nonlocal done
         output.result["config_fingerprint"] = fingerprint
         write_run(output, runs_dir / output.spec.run_id)
+        _log_to_sinks(config, out, output)
         results[output.spec.run_id] = output.result
         done += 1
         if progress is not None:
@@ -155,6 +156,27 @@ def run_sweep(
     }
     atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _log_to_sinks(config: ExperimentConfig, out: Path, output: RunOutput) -> None:
+    """Log a finished run to TensorBoard and MLflow when the config asks for them."""
+    settings = config.logging
+    if not settings.tensorboard and settings.mlflow is None:
+        return
+    from hclm.integrations import log_run_to, sinks_from_config
+
+    run_id = output.spec.run_id
+    sinks = sinks_from_config(
+        tensorboard=out / "tensorboard" / run_id if settings.tensorboard else None,
+        mlflow={"tracking_uri": settings.mlflow, "experiment": "hclm", "run_name": run_id}
+        if settings.mlflow is not None
+        else None,
+    )
+    try:
+        log_run_to(sinks, output)
+    finally:
+        for sink in sinks:
+            sink.close()
 
 
 def check_output_folder(out: Path) -> None:
