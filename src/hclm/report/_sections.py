@@ -48,6 +48,7 @@ PLOT_CAPTIONS = {
     "volatility_persistence": "Volatility and median persistence against λ",
     "accuracy_rank": "Test accuracy, linear-probe accuracy and effective rank against λ",
     "injection_dissipation": "Cumulative information injection and entropy dissipation over training steps",
+    "control_timeline": "Weight λ_t set by the controller and the relative strength it produced, with live-feedback changes marked",
     "entropy_flow": "Entropy flow of one run per surrogate: realized ΔH against I + D, running sums, and the residual",
 }
 

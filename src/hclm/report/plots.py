@@ -36,6 +36,7 @@ PLOT_FILES = {
     "volatility_persistence": "volatility_persistence.png",
     "accuracy_rank": "accuracy_rank.png",
     "injection_dissipation": "injection_dissipation.png",
+    "control_timeline": "control_timeline.png",
 }
 """PNG file name of each plot, keyed by plot name."""
 
@@ -285,6 +286,78 @@ def plot_injection_dissipation(
 
     figure.suptitle("Cumulative information injection and entropy dissipation\n(mean over seeds, band: min–max)")
     return _save(figure, Path(plot_dir) / PLOT_FILES["injection_dissipation"])
+
+
+def has_control_activity(records: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Return True when some run changed λ during training or received live feedback."""
+    for record in records.values():
+        result = record.get("result") or {}
+        if result.get("feedback_events") or result.get("control") not in (None, "constant"):
+            return True
+    return False
+
+
+def plot_control_timeline(
+    plot_dir: str | Path,
+    records: Mapping[str, Mapping[str, Any]],
+    band: Sequence[float] | None = None,
+    surrogate_order: Sequence[str] = (),
+) -> Path:
+    """Plot λ_t and the relative strength r_t over steps, one panel per surrogate, with feedback marks.
+
+    Each run of the first seed is one pair of lines: λ_t (solid, left axis) and r_t (dotted,
+    right axis), colored by its starting λ. A PI controller's target band is shaded on the r_t
+    axis. Accepted live-feedback changes are vertical dashed lines, rejected ones dotted grey.
+
+    Args:
+        plot_dir: folder that receives ``control_timeline.png``.
+        records: run records keyed by run id.
+        band: target band (low, high) of the relative strength, or None.
+        surrogate_order: surrogates in panel order. Others follow alphabetically.
+
+    Returns:
+        Path of the written PNG.
+    """
+    groups = _group_runs(records)
+    surrogates = _ordered_surrogates({name for name, _ in groups}, surrogate_order)
+    figure, axes = _new_figure(max(len(surrogates), 1))
+    if not surrogates:
+        _mark_empty(axes[0], "no run with an entropy surrogate")
+    for axis, surrogate in zip(axes, surrogates):
+        lams = sorted(lam for name, lam in groups if name == surrogate)
+        palette = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(lams), 1)))
+        strength_axis = axis.twinx()
+        for lam, color in zip(lams, palette):
+            runs = sorted(groups[(surrogate, lam)], key=lambda run: _as_float((run.get("result") or {}).get("seed")))
+            run = runs[0]
+            steps, lam_values = _step_values(run, "lam")
+            _, strengths = _step_values(run, "relative_strength")
+            keep = np.isfinite(steps) & np.isfinite(lam_values) & (lam_values > 0)
+            axis.plot(steps[keep], lam_values[keep], color=color, label=f"λ₀ = {lam:.3g}")
+            measured = np.isfinite(steps) & np.isfinite(strengths) & (strengths > 0)
+            strength_axis.plot(steps[measured], strengths[measured], color=color, linestyle=":", linewidth=1.0)
+            for event in (run.get("result") or {}).get("feedback_events") or []:
+                step = _as_float(event.get("step"))
+                if math.isfinite(step):
+                    accepted = bool(event.get("accepted"))
+                    axis.axvline(
+                        step,
+                        color=color if accepted else "0.6",
+                        linestyle="--" if accepted else ":",
+                        linewidth=1.2,
+                    )
+        if band is not None and len(band) == 2:
+            strength_axis.axhspan(float(band[0]), float(band[1]), color="tab:green", alpha=0.1, linewidth=0)
+        axis.set_yscale("log")
+        strength_axis.set_yscale("log")
+        axis.set_title(surrogate)
+        axis.set_xlabel("training step")
+        axis.set_ylabel("λ_t (solid, log scale)")
+        strength_axis.set_ylabel("relative strength r_t (dotted, log scale)")
+        axis.legend(fontsize="small", loc="upper right")
+
+    figure.suptitle("Weight λ_t and relative strength r_t over training (first seed; dashed lines: live feedback)")
+    return _save(figure, Path(plot_dir) / PLOT_FILES["control_timeline"])
 
 
 def _lam_key(value: Any) -> float:

@@ -102,6 +102,10 @@ def render_report(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         "accuracy_rank": plots.plot_accuracy_rank(plot_dir, rows, order),
         "injection_dissipation": plots.plot_injection_dissipation(plot_dir, records, order),
     }
+    if plots.has_control_activity(records):
+        control = config.get("control") if isinstance(config.get("control"), Mapping) else {}
+        band = control.get("band") if control.get("kind") == "pi" and control.get("floor") is None else None
+        paths["control_timeline"] = plots.plot_control_timeline(plot_dir, records, band, order)
     flow_sources = _entropy_flow_sources(records, order)
     if flow_sources:
         paths["entropy_flow"] = plot_entropy_flow(flow_sources, plot_dir / "entropy_flow.png")
