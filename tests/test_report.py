@@ -388,3 +388,19 @@ def test_html_escapes_text(tmp_path):
     assert "<b>odd</b>" not in html_text
     assert "&lt;b&gt;odd&lt;/b&gt;" in html_text
     assert "a &amp; b" in html_text
+
+
+def test_control_timeline_for_pi_runs(tmp_path):
+    from hclm.experiments import parse_config, run_sweep
+
+    config = parse_config(
+        {
+            "control": {"kind": "pi"},
+            "sweep": {"surrogates": ["none", "logdet"], "lams": [1.0], "seeds": [0]},
+            "train": {"steps": 20},
+        }
+    )
+    run_sweep(config, tmp_path)
+    paths = render_report(tmp_path)
+    assert paths["control_timeline"].read_bytes()[:8] == PNG_SIGNATURE
+    assert "(plots/control_timeline.png)" in (tmp_path / "report.md").read_text()
