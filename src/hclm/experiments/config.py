@@ -183,6 +183,47 @@ class SweepConfig(_Strict):
         return value
 
 
+class ScenarioConfig(_Strict):
+    """Open-system scenario of a run: a distribution shift, label noise, or a compute budget.
+
+    ``kind: none`` (the default) trains exactly as without this section.
+    """
+
+    kind: Literal["none", "shift", "label_noise", "budget"] = Field(
+        "none", description="none, shift (training data changes at step `at`), label_noise, or budget"
+    )
+    shift: Literal["rotation", "noise", "class_swap"] = Field(
+        "rotation", description="shift: rotation (digits images by `angle`), noise (Gaussian, std `noise`), class_swap"
+    )
+    at: int = Field(100, ge=1, description="shift: first step that trains on the shifted distribution")
+    angle: float = Field(30.0, description="shift rotation: angle in degrees, counter-clockwise")
+    noise: float = Field(0.5, ge=0.0, description="shift noise: standard deviation added to the standardized features")
+    swap: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(0, 1)], description="shift class_swap: pairs of class indices whose labels trade places"
+    )
+    rate: float = Field(0.2, ge=0.0, lt=1.0, description="label_noise: share of training labels replaced by another label")
+    steps: int | None = Field(None, ge=1, description="budget: stop after this many optimizer steps")
+    seconds: float | None = Field(None, gt=0.0, description="budget: stop once training has taken this many seconds")
+    recovery_window: int = Field(10, ge=1, description="shift: steps in the moving average of the loss for the recovery time")
+    recovery_tolerance: float = Field(
+        0.1, gt=0.0, description="shift: recovered when the smoothed loss is at most (1 + tolerance) × its pre-shift level"
+    )
+
+    @field_validator("swap")
+    @classmethod
+    def _disjoint_pairs(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        classes = [label for pair in value for label in pair]
+        if not value or any(label < 0 for label in classes) or len(set(classes)) != len(classes):
+            raise ValueError(f"scenario.swap must be non-empty pairs of distinct class indices >= 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _budget_set(self) -> "ScenarioConfig":
+        if self.kind == "budget" and self.steps is None and self.seconds is None:
+            raise ValueError("scenario.steps or scenario.seconds is required when scenario.kind is 'budget'")
+        return self
+
+
 class ExperimentConfig(_Strict):
     """Full configuration of the surrogate comparison."""
 
@@ -193,6 +234,7 @@ class ExperimentConfig(_Strict):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
     surrogate_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="keyword parameters per surrogate, e.g. {logdet: {eps: 1e-4}}"
     )
@@ -205,6 +247,17 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"unknown surrogate {name!r}; allowed values: {', '.join(available_surrogates())}")
             check_surrogate_parameters(name, params)
         return value
+
+    @model_validator(mode="after")
+    def _scenario_fits(self) -> "ExperimentConfig":
+        scenario = self.scenario
+        if scenario.kind == "shift" and scenario.at >= self.train.steps:
+            raise ValueError(
+                f"scenario.at ({scenario.at}) must be less than train.steps ({self.train.steps}) so the shift happens"
+            )
+        if scenario.kind == "shift" and scenario.shift == "rotation" and self.data.name != "digits":
+            raise ValueError("scenario.shift 'rotation' needs image data; set data.name to digits or pick noise or class_swap")
+        return self
 
 
 def quick_config(config: ExperimentConfig | None = None) -> ExperimentConfig:

@@ -26,6 +26,9 @@ class Dataset:
         x_train, x_test: float32 features, shapes (n_train, p) and (n_test, p).
         y_train, y_test: int64 labels.
         classes: number of classes.
+        feature_mean, feature_std: train statistics used to standardize the features (``None`` when
+            ``standardize`` is off); ``x_raw = x · std + mean``.
+        image_shape: (height, width) of each flattened image, or ``None`` for non-image data.
     """
 
     name: str
@@ -34,6 +37,9 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     classes: int
+    feature_mean: np.ndarray | None = None
+    feature_std: np.ndarray | None = None
+    image_shape: tuple[int, int] | None = None
 
     @property
     def features(self) -> int:
@@ -77,6 +83,8 @@ def load_dataset(config: DataConfig) -> Dataset:
     x_train, x_test, y_train, y_test = train_test_split(
         x, y_index, test_size=config.test_fraction, random_state=config.split_seed, stratify=y_index
     )
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
     if config.standardize:
         mean = x_train.mean(axis=0)
         std = x_train.std(axis=0)
@@ -92,6 +100,9 @@ def load_dataset(config: DataConfig) -> Dataset:
         x_test=x_test.astype(np.float32),
         y_test=y_test.astype(np.int64),
         classes=len(labels),
+        feature_mean=None if mean is None else mean.astype(np.float64),
+        feature_std=None if std is None else std.astype(np.float64),
+        image_shape=(8, 8) if config.name == "digits" else None,
     )
 
 

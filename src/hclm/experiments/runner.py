@@ -22,6 +22,7 @@ from hclm.experiments.config import NO_SURROGATE, ExperimentConfig
 from hclm.experiments.data import Dataset
 from hclm.experiments.metrics import effective_rank, linear_probe_accuracy
 from hclm.experiments.models import MLPEncoder
+from hclm.experiments.scenarios import corrupt_labels, recovery_time, shifted_data
 from hclm.forces import ForceProbe, RegimeThresholds
 from hclm.surrogates import NonFiniteInputError, get_surrogate
 
@@ -43,6 +44,8 @@ STEP_COLUMNS = (
     "residual",
 )
 _FORCE_COLUMNS = STEP_COLUMNS[4:]
+# Written after STEP_COLUMNS only by runs whose rows have it (scenario.kind shift): "before" or "after".
+PHASE_COLUMN = "phase"
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,13 @@ def write_run(output: RunOutput, folder: Path) -> None:
     """Write ``steps.csv`` and then ``result.json`` of a run atomically; ``result.json`` marks it complete."""
     folder.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=STEP_COLUMNS, lineterminator="\n")
+    columns = STEP_COLUMNS
+    if any(PHASE_COLUMN in row for row in output.rows):
+        columns = (*STEP_COLUMNS, PHASE_COLUMN)
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in output.rows:
-        writer.writerow({key: _csv_cell(row.get(key)) for key in STEP_COLUMNS})
+        writer.writerow({key: _csv_cell(row.get(key)) for key in columns})
     atomic_write_text(folder / "steps.csv", buffer.getvalue())
     atomic_write_json(folder / "result.json", output.result)
 
@@ -158,16 +164,32 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
     y_train = torch.from_numpy(dataset.y_train)
     batches = _batch_indices(len(y_train), train_config.batch_size, train_config.steps, spec.seed)
 
+    scenario = config.scenario
+    shifted = None
+    if scenario.kind == "label_noise":
+        y_train = torch.from_numpy(corrupt_labels(dataset.y_train, dataset.classes, scenario.rate, spec.seed))
+    elif scenario.kind == "shift":
+        shifted = shifted_data(dataset, scenario, spec.seed)
+        x_shifted, y_shifted = torch.from_numpy(shifted.x_train), torch.from_numpy(shifted.y_train)
+    budget_steps = scenario.steps if scenario.kind == "budget" else None
+    budget_seconds = scenario.seconds if scenario.kind == "budget" else None
+    stopped_by = "train.steps"
+
     output = RunOutput(spec)
     diverged_step: int | None = None
     started = time.perf_counter()
     for step, index in enumerate(batches):
-        x, y = x_train[index], y_train[index]
+        if shifted is not None and step >= scenario.at:
+            x, y = x_shifted[index], y_shifted[index]
+        else:
+            x, y = x_train[index], y_train[index]
         optimizer.zero_grad(set_to_none=True)
         z = encoder(x)
         loss = F.cross_entropy(head(z), y)
         lam = float(controller.lam) if controller is not None else None
         row: dict[str, Any] = {"step": step, "loss": float(loss.detach()), "lam": lam}
+        if shifted is not None:
+            row[PHASE_COLUMN] = "after" if step >= scenario.at else "before"
 
         try:
             entropy = surrogate(z, **params) if surrogate is not None else None
@@ -202,6 +224,12 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
             controller.update(step, record)
         if reader is not None:
             reader.poll(step, controller)
+        if budget_steps is not None and len(output.rows) >= budget_steps:
+            stopped_by = "budget_steps"
+            break
+        if budget_seconds is not None and time.perf_counter() - started >= budget_seconds:
+            stopped_by = "budget_seconds"
+            break
 
     train_seconds = time.perf_counter() - started
     evaluation = _evaluate(encoder, head, dataset, spec.seed)
@@ -227,6 +255,8 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
         "lam_final": float(controller.lam) if controller is not None else None,
         "feedback_events": events_to_json(reader.events) if reader is not None else [],
     }
+    if scenario.kind != "none":
+        output.result["scenario"] = _scenario_result(config, encoder, head, output.rows, shifted, stopped_by, diverged_step)
     logger.info(
         "run %s: test accuracy %.4f, regime %s, %.1f s",
         spec.run_id,
@@ -235,6 +265,37 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
         train_seconds,
     )
     return output
+
+
+def _scenario_result(
+    config: ExperimentConfig,
+    encoder: nn.Module,
+    head: nn.Module,
+    rows: list[dict[str, Any]],
+    shifted: Any,
+    stopped_by: str,
+    diverged_step: int | None,
+) -> dict[str, Any]:
+    """Summarize the scenario of a run: what stopped it and, for a shift, accuracy and recovery after it."""
+    scenario = config.scenario
+    result: dict[str, Any] = {"kind": scenario.kind, "stopped_by": "diverged" if diverged_step is not None else stopped_by}
+    if scenario.kind == "label_noise":
+        result["rate"] = scenario.rate
+    if scenario.kind == "budget":
+        result["budget_steps"] = scenario.steps
+        result["budget_seconds"] = scenario.seconds
+    if shifted is not None:
+        with torch.no_grad():
+            logits = head(encoder(torch.from_numpy(shifted.x_test)))
+        finite = bool(torch.isfinite(logits).all())
+        predictions = logits.argmax(dim=1).numpy()
+        result["shift"] = scenario.shift
+        result["at"] = scenario.at
+        result["shift_test_accuracy"] = float(np.mean(predictions == shifted.y_test)) if finite else math.nan
+        result["recovery_steps"] = recovery_time(
+            [row["loss"] for row in rows], scenario.at, scenario.recovery_window, scenario.recovery_tolerance
+        )
+    return result
 
 
 def _batch_indices(n: int, batch_size: int, steps: int, seed: int) -> list[torch.Tensor]:
