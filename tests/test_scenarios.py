@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from hclm.experiments.config import DataConfig, parse_config
@@ -131,3 +132,49 @@ def test_recovery_time_on_constructed_series():
 def test_bad_scenario_values_raise(scenario, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         make_config(steps=30, scenario=scenario)
+
+
+def test_augment_identity_without_changes():
+    from hclm.experiments.augment import augment_batch
+
+    x = torch.randn(5, 64)
+    view = augment_batch(x, torch.Generator().manual_seed(0), (8, 8), shift=0, noise=0.0, mask=0)
+    assert torch.equal(view, x)
+
+
+def test_augment_masks_exact_count():
+    from hclm.experiments.augment import augment_batch
+
+    x = torch.ones(6, 64)
+    view = augment_batch(x, torch.Generator().manual_seed(0), (8, 8), shift=0, noise=0.0, mask=5)
+    assert (view == 0).sum(dim=1).tolist() == [5] * 6
+
+
+def test_augment_shift_is_zero_filled_translation():
+    from hclm.experiments.augment import augment_batch
+
+    x = torch.randn(10, 64)
+    view = augment_batch(x, torch.Generator().manual_seed(3), (8, 8), shift=1, noise=0.0, mask=0)
+    images = x.reshape(10, 8, 8).numpy()
+    for row in range(10):
+        candidates = []
+        for down in (-1, 0, 1):
+            for right in (-1, 0, 1):
+                moved = np.zeros((8, 8), dtype=np.float32)
+                source = images[row, max(-down, 0) : 8 - max(down, 0), max(-right, 0) : 8 - max(right, 0)]
+                moved[max(down, 0) : 8 - max(-down, 0), max(right, 0) : 8 - max(-right, 0)] = source
+                candidates.append(moved)
+        assert any(np.array_equal(view[row].reshape(8, 8).numpy(), candidate) for candidate in candidates)
+
+
+def test_ssl_without_entropy_collapses():
+    from hclm.experiments import ExperimentConfig, RunSpec, load_dataset, train_run
+
+    config = ExperimentConfig()
+    config.task = "ssl"
+    config.train.steps = 150
+    dataset = load_dataset(config.data)
+    plain = train_run(config, dataset, RunSpec("none", 0.0, 0))
+    regularized = train_run(config, dataset, RunSpec("logdet", 0.1, 0))
+    assert plain.result["test_accuracy"] == plain.result["probe_accuracy"]
+    assert regularized.result["probe_accuracy"] > plain.result["probe_accuracy"] + 0.3

@@ -141,6 +141,14 @@ class LoggingConfig(_Strict):
     )
 
 
+class SSLConfig(_Strict):
+    """Views of the self-supervised task (used when ``task`` is ``ssl``)."""
+
+    shift: int = Field(1, ge=0, description="largest random image shift in pixels (images only)")
+    noise: float = Field(0.1, ge=0.0, description="standard deviation of the added Gaussian noise (standardized units)")
+    mask: int = Field(4, ge=0, description="features set to 0 per view")
+
+
 class SweepConfig(_Strict):
     """The grid of runs: surrogates × λ × seeds (``none`` runs once per seed with λ = 0)."""
 
@@ -235,6 +243,11 @@ class ExperimentConfig(_Strict):
     control: ControlConfig = Field(default_factory=ControlConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
+    task: Literal["supervised", "ssl"] = Field(
+        "supervised",
+        description="supervised (cross-entropy through a linear head) or ssl (invariance between two views, no labels)",
+    )
+    ssl: SSLConfig = Field(default_factory=SSLConfig)
     surrogate_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="keyword parameters per surrogate, e.g. {logdet: {eps: 1e-4}}"
     )

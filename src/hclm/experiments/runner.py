@@ -18,6 +18,7 @@ from torch import nn
 
 from hclm._io import atomic_write_json, atomic_write_text
 from hclm.control import ConstantController, CosineSchedule, FeedbackReader, PIController, events_to_json
+from hclm.experiments.augment import augment_batch
 from hclm.experiments.config import NO_SURROGATE, ExperimentConfig
 from hclm.experiments.data import Dataset
 from hclm.experiments.metrics import effective_rank, linear_probe_accuracy
@@ -175,6 +176,7 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
     budget_seconds = scenario.seconds if scenario.kind == "budget" else None
     stopped_by = "train.steps"
 
+    ssl_generator = torch.Generator().manual_seed(20_000 + spec.seed) if config.task == "ssl" else None
     output = RunOutput(spec)
     diverged_step: int | None = None
     started = time.perf_counter()
@@ -184,8 +186,23 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
         else:
             x, y = x_train[index], y_train[index]
         optimizer.zero_grad(set_to_none=True)
-        z = encoder(x)
-        loss = F.cross_entropy(head(z), y)
+        if ssl_generator is not None:
+            # Self-supervised: the loss is the mean squared distance between two random views'
+            # representations, the entropy is taken on the first view, and labels are unused.
+            x = augment_batch(x, ssl_generator, dataset.image_shape, config.ssl.shift, config.ssl.noise, config.ssl.mask)
+            second = augment_batch(
+                x_train[index] if shifted is None or step < scenario.at else x_shifted[index],
+                ssl_generator,
+                dataset.image_shape,
+                config.ssl.shift,
+                config.ssl.noise,
+                config.ssl.mask,
+            )
+            z = encoder(x)
+            loss = (z - encoder(second)).pow(2).sum(dim=1).mean()
+        else:
+            z = encoder(x)
+            loss = F.cross_entropy(head(z), y)
         lam = float(controller.lam) if controller is not None else None
         row: dict[str, Any] = {"step": step, "loss": float(loss.detach()), "lam": lam}
         if shifted is not None:
@@ -233,6 +250,9 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
 
     train_seconds = time.perf_counter() - started
     evaluation = _evaluate(encoder, head, dataset, spec.seed)
+    if config.task == "ssl":
+        # The head is never trained without labels, so the linear probe is the task accuracy.
+        evaluation["test_accuracy"] = evaluation["probe_accuracy"]
     forces = None
     if uses_surrogate:
         summary = probe.summary().as_dict()
