@@ -404,3 +404,22 @@ def test_control_timeline_for_pi_runs(tmp_path):
     paths = render_report(tmp_path)
     assert paths["control_timeline"].read_bytes()[:8] == PNG_SIGNATURE
     assert "(plots/control_timeline.png)" in (tmp_path / "report.md").read_text()
+
+
+def test_scenario_section_for_shift(tmp_path):
+    from hclm.experiments import parse_config, run_sweep
+
+    config = parse_config(
+        {
+            "scenario": {"kind": "shift", "shift": "noise", "noise": 0.5, "at": 10},
+            "sweep": {"surrogates": ["none", "logdet"], "lams": [0.1], "seeds": [0, 1]},
+            "train": {"steps": 20},
+        }
+    )
+    run_sweep(config, tmp_path)
+    render_report(tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    section = _section(markdown, "Scenario")
+    assert "noise at step 10" in section
+    assert "| logdet | 0.1 |" in section
+    assert "×2" in section

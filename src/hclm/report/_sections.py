@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -249,3 +251,72 @@ def _applies(section: str, values: Mapping[str, Any], key: str) -> bool:
     if key in ("path", "label_column"):
         return name in ("npz", "csv") and not (key == "label_column" and name == "npz")
     return True
+
+
+def build_scenario(config: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[Block]:
+    """Tabulate the open-system scenario per (surrogate, λ): shift accuracy, recovery, what stopped runs.
+
+    Args:
+        config: resolved config from summary.json.
+        runs: per-run results from summary.json ``runs``.
+
+    Returns:
+        The blocks of the Scenario section, or nothing when the sweep had no scenario.
+    """
+    scenario = config.get("scenario") if isinstance(config.get("scenario"), Mapping) else {}
+    kind = scenario.get("kind")
+    if kind in (None, "none"):
+        return []
+    control = config.get("control") if isinstance(config.get("control"), Mapping) else {}
+    groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        if isinstance(run, Mapping) and isinstance(run.get("scenario"), Mapping):
+            groups.setdefault((str(run.get("surrogate")), float(run.get("lam") or 0.0)), []).append(run)
+
+    lines = []
+    for (surrogate, lam), members in groups.items():
+        details = [run["scenario"] for run in members]
+        shift_accuracy = [float(d["shift_test_accuracy"]) for d in details if d.get("shift_test_accuracy") is not None]
+        recovery = [d.get("recovery_steps") for d in details if "recovery_steps" in d]
+        recovered = [float(value) for value in recovery if value is not None]
+        stopped: dict[str, int] = {}
+        for d in details:
+            stopped[str(d.get("stopped_by"))] = stopped.get(str(d.get("stopped_by")), 0) + 1
+        lines.append(
+            (
+                surrogate,
+                format_number(lam),
+                format_mean_std(_mean(shift_accuracy), _std(shift_accuracy)),
+                f"{format_number(_median(recovered))} ({len(recovered)}/{len(recovery)} seeds)" if recovery else MISSING,
+                ", ".join(f"{name} ×{count}" for name, count in sorted(stopped.items())),
+            )
+        )
+    description = f"Scenario: {kind}"
+    if kind == "shift":
+        description += (
+            f" ({scenario.get('shift')} at step {scenario.get('at')}). Shift accuracy is the test accuracy on the "
+            "shifted test set; recovery is the median number of steps after the shift until the smoothed training "
+            "loss returns within the tolerance of its level before the shift, over the seeds that recovered"
+        )
+    description += f". λ control: {control.get('kind', 'constant')}."
+    headers = ("surrogate", "λ", "shift test acc", "recovery steps", "stopped by")
+    return [Heading("Scenario", 2), Paragraph(description), Table(headers, tuple(lines))]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _std(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return math.nan
+    mean = _mean(values)
+    return math.sqrt(sum((value - mean) ** 2 for value in values) / (len(values) - 1))
+
+
+def _median(values: Sequence[float]) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])

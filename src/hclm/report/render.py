@@ -19,7 +19,14 @@ from hclm.report._document import Block, Heading, Paragraph, to_html, to_markdow
 from hclm.report._findings import build_findings
 from hclm.dynamics.flow import FLOW_COLUMNS, plot_entropy_flow
 from hclm.experiments.runner import STEP_COLUMNS
-from hclm.report._sections import build_environment, build_plots, build_results_table, build_setup, build_thresholds
+from hclm.report._sections import (
+    build_environment,
+    build_plots,
+    build_results_table,
+    build_scenario,
+    build_setup,
+    build_thresholds,
+)
 from hclm.report._values import BASELINE, format_value, ordered_rows, surrogate_order
 
 logger = logging.getLogger(__name__)
@@ -118,6 +125,7 @@ def render_report(out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         *build_thresholds(thresholds),
         *build_findings(rows),
         *build_results_table(rows),
+        *build_scenario(config, summary.get("runs") or []),
         *build_plots(paths, folder),
         *build_environment(environment),
     ]
