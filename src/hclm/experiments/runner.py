@@ -315,6 +315,13 @@ def _scenario_result(
         result["recovery_steps"] = recovery_time(
             [row["loss"] for row in rows], scenario.at, scenario.recovery_window, scenario.recovery_tolerance
         )
+        # How the information force reacted: median relative strength before and after the shift.
+        before = [row for row in rows if row["step"] < scenario.at]
+        after = [row for row in rows if row["step"] >= scenario.at]
+        for phase, selected in (("before", before), ("after", after)):
+            values = [row.get("relative_strength") for row in selected]
+            finite = [value for value in values if value is not None and math.isfinite(value)]
+            result[f"relative_strength_{phase}"] = float(np.median(finite)) if finite else None
     return result
 
 

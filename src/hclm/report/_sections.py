@@ -282,10 +282,13 @@ def build_scenario(config: Mapping[str, Any], runs: Sequence[Mapping[str, Any]])
         stopped: dict[str, int] = {}
         for d in details:
             stopped[str(d.get("stopped_by"))] = stopped.get(str(d.get("stopped_by")), 0) + 1
+        before = [float(d["relative_strength_before"]) for d in details if d.get("relative_strength_before") is not None]
+        after = [float(d["relative_strength_after"]) for d in details if d.get("relative_strength_after") is not None]
         lines.append(
             (
                 surrogate,
                 format_number(lam),
+                f"{format_number(_median(before))} → {format_number(_median(after))}" if before or after else MISSING,
                 format_mean_std(_mean(shift_accuracy), _std(shift_accuracy)),
                 f"{format_number(_median(recovered))} ({len(recovered)}/{len(recovery)} seeds)" if recovery else MISSING,
                 ", ".join(f"{name} ×{count}" for name, count in sorted(stopped.items())),
@@ -299,7 +302,7 @@ def build_scenario(config: Mapping[str, Any], runs: Sequence[Mapping[str, Any]])
             "loss returns within the tolerance of its level before the shift, over the seeds that recovered"
         )
     description += f". λ control: {control.get('kind', 'constant')}."
-    headers = ("surrogate", "λ", "shift test acc", "recovery steps", "stopped by")
+    headers = ("surrogate", "λ", "rel. strength before → after", "shift test acc", "recovery steps", "stopped by")
     return [Heading("Scenario", 2), Paragraph(description), Table(headers, tuple(lines))]
 
 
