@@ -104,7 +104,7 @@ class ProbeConfig(_Strict):
 
 
 class ControlConfig(_Strict):
-    """How λ evolves within a run: fixed, a cosine schedule, or a PI controller; and live feedback."""
+    """λ control within a run (fixed, a cosine schedule or a PI controller) and live feedback."""
 
     kind: Literal["constant", "cosine", "pi"] = Field(
         "constant", description="constant (the sweep's λ), cosine (from λ to lam_end), or pi (feedback control)"
@@ -133,7 +133,7 @@ class ControlConfig(_Strict):
 
 
 class LoggingConfig(_Strict):
-    """Where each run's records are also logged, besides steps.csv."""
+    """Destinations besides steps.csv that receive each run's records."""
 
     tensorboard: bool = Field(False, description="write TensorBoard event files to <out>/tensorboard/<run id>")
     mlflow: str | None = Field(
@@ -283,13 +283,28 @@ def quick_config(config: ExperimentConfig | None = None) -> ExperimentConfig:
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config file.
+    """Read and validate a YAML config file of the comparison.
+
+    A relative ``data.path`` is taken relative to the folder of the config file.
 
     Raises:
         FileNotFoundError: the file does not exist.
-
-    A relative ``data.path`` is taken relative to the folder of the config file.
         ValueError: invalid YAML, unknown keys or invalid values; the message names each key.
+    """
+    file = Path(path)
+    config = parse_config(read_yaml_mapping(file), source=str(file))
+    # A relative data path is read relative to the config file, so the file works from any folder.
+    if config.data.path is not None and not config.data.path.is_absolute():
+        config.data.path = file.parent / config.data.path
+    return config
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must contain a mapping; an empty file gives ``{}`` with a warning.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: invalid YAML, or a document that is not a mapping.
     """
     file = Path(path)
     if not file.is_file():
@@ -299,15 +314,11 @@ def load_config(path: str | Path) -> ExperimentConfig:
     except yaml.YAMLError as error:
         raise ValueError(f"config file {file} is not valid YAML: {error}") from None
     if raw is None:
-        logger.warning("config file %s is empty; using the default config", file)
-        raw = {}
+        logger.warning("config file %s is empty; using the defaults", file)
+        return {}
     if not isinstance(raw, dict):
         raise ValueError(f"config file {file} must contain a mapping of sections, got {type(raw).__name__}")
-    config = parse_config(raw, source=str(file))
-    # A relative data path is read relative to the config file, so the file works from any folder.
-    if config.data.path is not None and not config.data.path.is_absolute():
-        config.data.path = file.parent / config.data.path
-    return config
+    return raw
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
@@ -324,7 +335,7 @@ def format_validation_error(
     """Turn a pydantic error into one line per problem: ``key.path: message``.
 
     ``model`` is the validated config class (default :class:`ExperimentConfig`); unknown keys are
-    answered with the keys its section allows.
+    reported with the keys their section allows.
     """
     root = model or ExperimentConfig
     lines = [f"invalid {source}:"]

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
-import yaml
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -30,6 +29,7 @@ from hclm.dynamics.scaling import PowerLawFit, balance_check, fit_power_law
 from hclm.experiments.config import (
     NO_SURROGATE,
     format_validation_error,
+    read_yaml_mapping,
     DataConfig,
     ExperimentConfig,
     MixtureConfig,
@@ -40,7 +40,7 @@ from hclm.experiments.config import (
 )
 from hclm.experiments.data import Dataset, load_dataset
 from hclm.experiments.runner import RunOutput, RunSpec, train_run, write_run
-from hclm.experiments.sweep import environment_info
+from hclm.experiments.sweep import environment_info, load_finished_run
 from hclm.surrogates import available_surrogates, check_surrogate_parameters
 
 logger = logging.getLogger(__name__)
@@ -203,17 +203,7 @@ def load_scaling_config(path: str | Path) -> ScalingConfig:
         ValueError: invalid YAML, unknown keys or invalid values; the message names each key.
     """
     file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config file not found: {file}; pass an existing YAML file to --config")
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ValueError(f"config file {file} is not valid YAML: {error}") from None
-    if raw is None:
-        logger.warning("config file %s is empty; using the default scaling config", file)
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"config file {file} must contain a mapping of keys, got {type(raw).__name__}")
+    raw = read_yaml_mapping(file)
     return parse_scaling_config(raw, source=str(file))
 
 
@@ -728,20 +718,8 @@ def _run_fingerprint(config: ScalingConfig, run: ScalingRun) -> str:
 
 
 def _load_finished(folder: Path, fingerprint: str, quiet: bool = False) -> dict[str, Any] | None:
-    warn = logger.debug if quiet else logger.warning
-    result_file = folder / "result.json"
-    if not result_file.is_file():
-        return None
-    try:
-        result = json.loads(result_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        warn("run folder %s has an unreadable result.json (%s); training it again", folder, error)
-        return None
-    if not isinstance(result, dict) or result.get("run_fingerprint") != fingerprint:
-        warn("run folder %s was made with another config; training it again", folder)
-        return None
-    if not (folder / "steps.csv").is_file():
-        warn("run folder %s has no steps.csv; training it again", folder)
+    result = load_finished_run(folder, fingerprint, key="run_fingerprint", quiet=quiet)
+    if result is None:
         return None
     if result.get("test_error") is None:
         result["test_error"] = math.nan

@@ -107,7 +107,7 @@ def run_sweep(
     results: dict[str, dict[str, Any]] = {}
     pending: list[RunSpec] = []
     for spec in specs:
-        stored = _load_finished(runs_dir / spec.run_id, fingerprint)
+        stored = load_finished_run(runs_dir / spec.run_id, fingerprint)
         if stored is None:
             pending.append(spec)
         else:
@@ -141,7 +141,7 @@ def run_sweep(
                 finish(future.result())
         except BaseException:
             # On an interrupt or a failed run, drop the queued runs instead of training them for
-            # nothing; finished runs are already on disk and a rerun resumes from them.
+            # nothing. Finished runs are already on disk, so a rerun resumes from them.
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()
@@ -192,7 +192,7 @@ def count_finished(config: ExperimentConfig, out_dir: str | Path) -> tuple[int, 
     if not runs_dir.is_dir():
         return 0, len(specs)
     fingerprint = config_fingerprint(config)
-    finished = sum(1 for spec in specs if _load_finished(runs_dir / spec.run_id, fingerprint, quiet=True) is not None)
+    finished = sum(1 for spec in specs if load_finished_run(runs_dir / spec.run_id, fingerprint, quiet=True) is not None)
     return finished, len(specs)
 
 
@@ -266,7 +266,14 @@ def environment_info(config: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-def _load_finished(folder: Path, fingerprint: str, quiet: bool = False) -> dict[str, Any] | None:
+def load_finished_run(
+    folder: Path, fingerprint: str, key: str = "config_fingerprint", quiet: bool = False
+) -> dict[str, Any] | None:
+    """Return the stored result of a finished run folder, or None when the run must be trained again.
+
+    A run counts as finished when ``result.json`` parses, its ``key`` equals ``fingerprint`` and
+    ``steps.csv`` exists. Anything else is logged (at debug level when ``quiet``) and redone.
+    """
     warn = logger.debug if quiet else logger.warning
     result_file = folder / "result.json"
     if not result_file.is_file():
@@ -276,7 +283,7 @@ def _load_finished(folder: Path, fingerprint: str, quiet: bool = False) -> dict[
     except (OSError, json.JSONDecodeError) as error:
         warn("run folder %s has an unreadable result.json (%s); training it again", folder, error)
         return None
-    if not isinstance(result, dict) or result.get("config_fingerprint") != fingerprint:
+    if not isinstance(result, dict) or result.get(key) != fingerprint:
         warn("run folder %s was made with another config; training it again", folder)
         return None
     if not (folder / "steps.csv").is_file():
