@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich import box
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from hclm._console import configure_logging as _configure_logging
+from hclm._console import console, error_console
+from hclm._console import fail as _fail
 from hclm.experiments.config import ExperimentConfig, load_config, quick_config
 from hclm.experiments.data import load_dataset
 from hclm.experiments.sweep import check_output_folder, count_finished, run_sweep
@@ -23,8 +23,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Measure the information force of entropy surrogates during training and compare them on real data.",
 )
-console = Console()
-error_console = Console(stderr=True)
 
 
 @app.command()
@@ -132,20 +130,6 @@ def _print_summary(summary: dict) -> None:
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3g}"
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=error_console, show_path=False)],
-        force=True,
-    )
-
-
-def _fail(message: str) -> None:
-    error_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
 
 
 def _register_subcommands() -> None:

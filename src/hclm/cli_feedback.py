@@ -6,15 +6,13 @@ Call :func:`register` with the typer app of the ``hclm`` command to add it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn, Optional, Tuple
+from typing import Optional, Tuple
 
 import typer
-from rich.console import Console
 
+from hclm._console import console
+from hclm._console import fail as _fail
 from hclm.control.feedback import write_feedback
-
-console = Console()
-error_console = Console(stderr=True)
 
 
 def feedback(
@@ -51,8 +49,3 @@ def feedback(
 def register(app: typer.Typer) -> None:
     """Add the ``feedback`` command to ``app``."""
     app.command("feedback")(feedback)
-
-
-def _fail(message: str) -> NoReturn:
-    error_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)

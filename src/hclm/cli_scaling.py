@@ -5,18 +5,18 @@ Call :func:`register` with the typer app of the ``hclm`` command to add it.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import typer
 from rich import box
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from hclm._console import configure_logging as _configure_logging
+from hclm._console import console, error_console
+from hclm._console import fail as _fail
 from hclm.experiments.scaling import (
     ScalingConfig,
     count_finished_scaling,
@@ -24,9 +24,6 @@ from hclm.experiments.scaling import (
     quick_scaling_config,
     run_scaling,
 )
-
-console = Console()
-error_console = Console(stderr=True)
 
 
 def scaling(
@@ -135,17 +132,3 @@ def _fmt_r_inf(value: float | None) -> str:
     if value is not None and value < 1e-12:
         return "0"
     return _fmt(value)
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=error_console, show_path=False)],
-        force=True,
-    )
-
-
-def _fail(message: str) -> NoReturn:
-    error_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)

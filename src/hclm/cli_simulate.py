@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from hclm._console import configure_logging as _configure_logging
+from hclm._console import console, error_console
+from hclm._console import fail as _fail
 
 simulate_app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Simulate Wasserstein gradient flows of the free energy F(ρ) = ∫V dρ + β⁻¹∫ρ log ρ and check them against closed forms.",
 )
-console = Console()
-error_console = Console(stderr=True)
 
 _OUT_HELP = "Output folder for summary.json and the PNG plots. Default: runs/simulate-{kind}-<timestamp>."
 
@@ -202,17 +200,3 @@ def _run(
     for file_name in summary["plots"].values():
         console.print(f"plot: {folder / file_name}")
     console.print(f"Output folder: [bold]{folder}[/bold]")
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=error_console, show_path=False)],
-        force=True,
-    )
-
-
-def _fail(message: str) -> None:
-    error_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)

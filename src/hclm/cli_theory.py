@@ -5,7 +5,6 @@ Call :func:`register` on a ``typer.Typer`` app to add them.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -13,13 +12,11 @@ from typing import Any, Optional
 import typer
 from pydantic import ValidationError
 from rich import box
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-
-console = Console()
-error_console = Console(stderr=True)
+from hclm._console import configure_logging as _configure_logging
+from hclm._console import console
+from hclm._console import fail as _fail
 
 
 def register(app: typer.Typer) -> None:
@@ -174,17 +171,3 @@ def _progress() -> Progress:
         console=console,
         transient=False,
     )
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=error_console, show_path=False)],
-        force=True,
-    )
-
-
-def _fail(message: str) -> None:
-    error_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)

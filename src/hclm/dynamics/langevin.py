@@ -178,8 +178,8 @@ def run_langevin(
     moments are checked too, so the trajectory contains no NaN. For a :class:`QuadraticPotential`
     the condition ``dt·λ_max(A) < 2`` is checked before the first step.
 
-    NOTE: for a general potential a too large ``dt`` is only caught once coordinates overflow; a
-    slow geometric growth that stays finite until ``steps`` ends is not detected.
+    NOTE: for a general potential a too large ``dt`` is caught only once coordinates overflow, so
+    a slow geometric growth that stays finite until ``steps`` ends is not detected.
 
     Args:
         potential: ``V``, maps a tensor of shape (N, d) to shape (N,); differentiable with torch

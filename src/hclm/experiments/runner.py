@@ -86,7 +86,7 @@ def train_run(
     """Train and evaluate one run; the result is fully determined by ``config``, the data and ``spec.seed``.
 
     A run whose loss, surrogate or representations become non-finite stops at that step and is
-    marked ``diverged``; its force statistics cover the steps before, and its regime is ``unstable``.
+    marked ``diverged``. Its force statistics cover the steps before, and its regime is ``unstable``.
 
     Args:
         config: validated experiment config.

@@ -159,7 +159,7 @@ def run_sweep(
 
 
 def _log_to_sinks(config: ExperimentConfig, out: Path, output: RunOutput) -> None:
-    """Log a finished run to TensorBoard and MLflow when the config asks for them."""
+    """Log a finished run to TensorBoard and MLflow when the config enables them."""
     settings = config.logging
     if not settings.tensorboard and settings.mlflow is None:
         return
@@ -199,7 +199,7 @@ def count_finished(config: ExperimentConfig, out_dir: str | Path) -> tuple[int, 
 def aggregate_results(runs: list[dict[str, Any]], config: ExperimentConfig) -> list[dict[str, Any]]:
     """Aggregate per-run results into one row per (surrogate, λ) over seeds.
 
-    Force statistics are medians over seeds of the per-run statistics; totals and accuracies are
+    Force statistics are medians over seeds of the per-run statistics. Totals and accuracies are
     means, with the sample standard deviation over seeds (null for a single seed). The row's
     regime is classified from the aggregated statistics; ``regime_counts`` says how many seeds
     fell in each regime on their own.

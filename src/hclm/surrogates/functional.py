@@ -113,8 +113,8 @@ def logdet_entropy(
 
     When ``n ≤ d`` the ``n×n`` Gram matrix is used (matrix determinant lemma):
     ``log det(εI_d + AᵀA) = (d−n)·log ε + log det(εI_n + AAᵀ)`` with ``A = Z_c/√(n−1)``.
-    The product ``AᵀA`` (or ``AAᵀ``) is formed in the compute dtype of ``z`` (float32 for float32
-    and half input); the factorization and its inverse run in ``precision``.
+    The product ``AᵀA`` (or ``AAᵀ``) is formed in the compute dtype of ``z``, which is float32 for
+    float32 and half input. The factorization and its inverse run in ``precision``.
 
     Args:
         z: representations, shape (n, d), ``n ≥ 2``.
