@@ -150,6 +150,54 @@ def _run_case(case: Case, mode: str, rank: int, world_size: int) -> dict[str, An
     }
 
 
+# The probe case: equal rows per rank, so the rank mean of the local mean losses is the global mean.
+PROBE_ROWS = 6
+PROBE_WIDTH = 3
+PROBE_LAM = 0.5
+PROBE_LR = 0.1
+# Rank 1 puts a NaN at this row and column of its representations in the non-finite case.
+NAN_AT = (2, 1)
+
+
+def probe_objective(z: torch.Tensor, gather: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the loss (mean squared representation) and the logdet entropy of ``z``."""
+    return z.pow(2).sum(dim=1).mean(), logdet_entropy(z, eps=1e-2, gather=gather)
+
+
+def _run_probe(rank: int) -> dict[str, Any]:
+    """Measure two steps with a ``reduce=True`` probe on shared parameters and this rank's rows."""
+    from hclm.forces import ForceProbe
+
+    parameters = make_encoder(parameter_seed(DATA_PARALLEL, rank), PROBE_WIDTH)
+    probe = ForceProbe(list(parameters.values()), lr=PROBE_LR, reduce=True)
+    records = []
+    for step in range(2):
+        for tensor in parameters.values():
+            tensor.grad = None
+        z = encode(parameters, make_inputs(rank, PROBE_ROWS))
+        loss, entropy = probe_objective(z, gather=True)
+        records.append(probe.backward(loss, entropy, PROBE_LAM, step).as_dict())
+        grads = {name: tensor.grad.detach().clone() for name, tensor in parameters.items()}
+        with torch.no_grad():
+            for tensor in parameters.values():
+                tensor -= PROBE_LR * tensor.grad
+            after = probe_objective(encode(parameters, make_inputs(rank, PROBE_ROWS)), gather=True)[1]
+        records[-1] = probe.record_realized(after).as_dict()
+    return {"records": records, "last_grads": grads}
+
+
+def _run_non_finite(rank: int) -> str:
+    """Call logdet with gather=True while rank 1 holds a NaN; return the message raised on this rank."""
+    z = make_inputs(rank, PROBE_ROWS)
+    if rank == 1:
+        z[NAN_AT] = math.nan
+    try:
+        logdet_entropy(z, gather=True)
+    except ValueError as error:
+        return f"{type(error).__name__}: {error}"
+    return "no error"
+
+
 def run_worker(rank: int, world_size: int, store_path: str, output_dir: str) -> None:
     """Join the gloo group, run every case in every mode and save the results to ``output_dir``.
 
@@ -173,6 +221,8 @@ def run_worker(rank: int, world_size: int, store_path: str, output_dir: str) -> 
             results[INDEPENDENT][name] = _run_case(case, INDEPENDENT, rank, world_size)
             results[DATA_PARALLEL][name] = _run_case(case, DATA_PARALLEL, rank, world_size)
         results[SINGLE_ROW][SINGLE_ROW_CASE] = _run_case(CASES[SINGLE_ROW_CASE], SINGLE_ROW, rank, world_size)
+        results["probe"] = _run_probe(rank)
+        results["non_finite"] = {"message": _run_non_finite(rank)}
 
         partial = Path(output_dir) / f"rank{rank}.pt.partial"
         torch.save(results, partial)

@@ -12,6 +12,7 @@ the same value ``H``, so that gradient is ``world_size · ∂H/∂θ_r``.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,25 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hclm.forces import ForceProbe
+
 from _distributed_worker import (
     CASES,
     DATA_PARALLEL,
     INDEPENDENT,
     SINGLE_ROW,
     SINGLE_ROW_CASE,
+    NAN_AT,
+    PROBE_LAM,
+    PROBE_LR,
+    PROBE_ROWS,
+    PROBE_WIDTH,
     WORLD_SIZE,
     encode,
     make_encoder,
     make_inputs,
     parameter_seed,
+    probe_objective,
     rows_per_rank,
     run_worker,
 )
@@ -191,3 +200,41 @@ def test_gather_without_process_group(case_name):
 
     assert torch.equal(gathered, local)
     assert torch.equal(gathered_grad, local_grad)
+
+
+def test_reducing_probe_matches_one_process_on_global_batch(distributed_results):
+    parameters = make_encoder(parameter_seed(DATA_PARALLEL, 0), PROBE_WIDTH)
+    probe = ForceProbe(list(parameters.values()), lr=PROBE_LR)
+    inputs = torch.cat([make_inputs(rank, PROBE_ROWS) for rank in range(WORLD_SIZE)])
+    expected = []
+    for step in range(2):
+        for tensor in parameters.values():
+            tensor.grad = None
+        loss, entropy = probe_objective(encode(parameters, inputs), gather=False)
+        probe.backward(loss, entropy, PROBE_LAM, step)
+        expected_grads = {name: tensor.grad.detach().clone() for name, tensor in parameters.items()}
+        with torch.no_grad():
+            for tensor in parameters.values():
+                tensor -= PROBE_LR * tensor.grad
+            after = probe_objective(encode(parameters, inputs), gather=False)[1]
+        expected.append(probe.record_realized(after).as_dict())
+
+    for rank, results in enumerate(distributed_results):
+        actual = results["probe"]
+        for step, (got, want) in enumerate(zip(actual["records"], expected)):
+            for key, value in want.items():
+                if isinstance(value, float) and math.isnan(value):
+                    assert math.isnan(got[key]), f"rank {rank}, step {step}: {key} = {got[key]}, expected NaN"
+                else:
+                    assert got[key] == pytest.approx(value, rel=RTOL, abs=1e-12), f"rank {rank}, step {step}: {key}"
+        for name, expected_grad in expected_grads.items():
+            error = relative_error(actual["last_grads"][name], expected_grad)
+            assert error <= RTOL, f"rank {rank}: relative error {error:.2e} of the averaged grad({name})"
+
+
+def test_non_finite_rows_on_one_rank_raise_on_every_rank(distributed_results):
+    messages = [results["non_finite"]["message"] for results in distributed_results]
+
+    assert messages[1].startswith("NonFiniteInputError: logdet: 1 non-finite value(s)")
+    assert f"first at row {NAN_AT[0]}, column {NAN_AT[1]}" in messages[1]
+    assert messages[0].startswith("NonFiniteInputError: logdet: the representations of rank(s) 1 contain non-finite")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -14,8 +15,9 @@ from rich.table import Table
 from hclm._console import configure_logging as _configure_logging
 from hclm._console import console, error_console
 from hclm._console import fail as _fail
+from hclm.experiments.backends import check_backend, import_ray
 from hclm.experiments.config import ExperimentConfig, load_config, quick_config
-from hclm.experiments.data import load_dataset
+from hclm.experiments.data import Dataset, load_dataset
 from hclm.experiments.sweep import check_output_folder, count_finished, run_sweep
 
 app = typer.Typer(
@@ -36,7 +38,19 @@ def run(
     quick: bool = typer.Option(
         False, "--quick", help="Small sweep for a smoke run: one seed, λ in {0.01, 0.1}, at most 150 steps per run."
     ),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes training runs in parallel (count)."),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Runs trained in parallel. Local: worker processes (default 1). Ray: CPUs of the local Ray "
+        "instance (default: all), or with --address the most runs in flight (default: no limit).",
+    ),
+    backend: str = typer.Option(
+        "local", "--backend", help="Where runs train: 'local' (this machine) or 'ray' (one Ray task per run)."
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Address of a running Ray cluster, e.g. 'auto' or 'ray://HEAD:10001' (needs --backend ray)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each run's result (INFO level)."),
 ) -> None:
     """Run the surrogate comparison (default: handwritten digits) and write the report."""
@@ -49,11 +63,74 @@ def run(
         settings = quick_config(settings)
     folder = out if out is not None else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
+        check_backend(backend, workers, address)
         check_output_folder(folder)
+        if backend == "ray":
+            import_ray()
         dataset = load_dataset(settings.data)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ImportError) as error:
         _fail(str(error))
 
+    rank = _join_torchrun()
+    if rank is not None:
+        try:
+            _run_data_parallel(rank, settings, folder, workers, backend, address, dataset)
+        finally:
+            _leave_torchrun()
+        return
+
+    _run_with_progress(settings, folder, workers, backend, address, dataset)
+
+
+def _join_torchrun() -> int | None:
+    """Join the process group when ``torchrun`` started several ranks; return this rank, else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed
+
+    if not torch.distributed.is_initialized():
+        # gloo runs on CPUs, which is where the comparison trains.
+        torch.distributed.init_process_group(backend="gloo")
+    return torch.distributed.get_rank()
+
+
+def _leave_torchrun() -> None:
+    import torch.distributed
+
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _run_data_parallel(
+    rank: int,
+    settings: ExperimentConfig,
+    folder: Path,
+    workers: int | None,
+    backend: str,
+    address: str | None,
+    dataset: Dataset,
+) -> None:
+    """Train every run on all ranks; rank 0 shows the progress and writes the files and the report."""
+    if rank == 0:
+        world_size = int(os.environ["WORLD_SIZE"])
+        console.print(f"Data-parallel training on {world_size} ranks; each rank takes 1/{world_size} of every batch.")
+        _run_with_progress(settings, folder, workers, backend, address, dataset)
+        return
+    try:
+        run_sweep(settings, folder, workers=workers, backend=backend, address=address, dataset=dataset)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        _fail(f"rank {rank}: {error}")
+
+
+def _run_with_progress(
+    settings: ExperimentConfig,
+    folder: Path,
+    workers: int | None,
+    backend: str,
+    address: str | None,
+    dataset: Dataset,
+) -> None:
+    """Train the sweep with a progress bar, then render the report and print the summary table."""
     finished, total = count_finished(settings, folder)
     console.print(f"Writing to [bold]{folder}[/bold]: {total} runs on {dataset.name}")
     if finished:
@@ -74,7 +151,15 @@ def run(
             progress.update(task, completed=done, description=f"{result['run_id']:<28}")
 
         try:
-            summary = run_sweep(settings, folder, workers=workers, progress=advance, dataset=dataset)
+            summary = run_sweep(
+                settings,
+                folder,
+                workers=workers,
+                backend=backend,
+                address=address,
+                progress=advance,
+                dataset=dataset,
+            )
         except (FileNotFoundError, ValueError, OSError) as error:
             _fail(str(error))
         except KeyboardInterrupt:

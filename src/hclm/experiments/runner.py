@@ -7,12 +7,13 @@ import io
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -25,6 +26,7 @@ from hclm.experiments.metrics import effective_rank, linear_probe_accuracy
 from hclm.experiments.models import MLPEncoder
 from hclm.experiments.scenarios import corrupt_labels, recovery_time, shifted_data
 from hclm.forces import ForceProbe, RegimeThresholds
+from hclm.forces.distributed import average_gradients, broadcast_parameters
 from hclm.surrogates import NonFiniteInputError, get_surrogate
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,7 @@ def train_run(
             steps for live changes (written by ``hclm feedback``). Entries already there when the
             run starts are ignored, so each run sees only the changes made while it trains.
     """
+    dataset = _writable(dataset)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.train.threads)
     try:
@@ -119,6 +122,53 @@ def write_run(output: RunOutput, folder: Path) -> None:
     atomic_write_json(folder / "result.json", output.result)
 
 
+@dataclass(frozen=True)
+class DataParallelRanks:
+    """This process's place among the ranks that train one run together (``torchrun``)."""
+
+    rank: int
+    world_size: int
+
+    def share(self, batch: torch.Tensor) -> torch.Tensor:
+        """Return this rank's contiguous share of the rows of the global ``batch``."""
+        if batch.shape[0] % self.world_size != 0:
+            raise ValueError(
+                f"a batch of {batch.shape[0]} rows does not split evenly over {self.world_size} ranks; "
+                "use a train.batch_size (at most the number of training rows) divisible by the number of ranks"
+            )
+        size = batch.shape[0] // self.world_size
+        return batch[self.rank * size : (self.rank + 1) * size]
+
+    def mean_loss_and_finite(self, loss: float, z: torch.Tensor) -> tuple[float, bool]:
+        """Return the global batch's loss (the rank mean) and whether every rank's ``z`` is finite."""
+        values = torch.tensor([loss, 0.0 if bool(torch.isfinite(z).all()) else 1.0], dtype=torch.float64)
+        dist.all_reduce(values)
+        return float(values[0]) / self.world_size, float(values[1]) == 0.0
+
+    def from_main(self, value: Any) -> Any:
+        """Return rank 0's ``value`` on every rank (a picklable object)."""
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+
+def data_parallel_ranks(config: ExperimentConfig) -> DataParallelRanks | None:
+    """Return the ranks of the default process group, or None for training in one process.
+
+    Raises:
+        ValueError: the batch does not split evenly over the ranks.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    world_size = dist.get_world_size()
+    if config.train.batch_size % world_size != 0:
+        raise ValueError(
+            f"train.batch_size ({config.train.batch_size}) must be divisible by the number of ranks ({world_size}) "
+            "so that every rank gets the same share of the global batch; change one of the two"
+        )
+    return DataParallelRanks(dist.get_rank(), world_size)
+
+
 def make_controller(config: ExperimentConfig, lam: float) -> Any:
     """Build the λ controller of ``config.control`` starting from the sweep's weight ``lam``."""
     control = config.control
@@ -140,10 +190,15 @@ def make_controller(config: ExperimentConfig, lam: float) -> Any:
 
 
 def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_dir: str | Path | None) -> RunOutput:
+    ranks = data_parallel_ranks(config)
+    is_main = ranks is None or ranks.rank == 0
     torch.manual_seed(spec.seed)
     model_config, train_config = config.model, config.train
     encoder = MLPEncoder(dataset.features, model_config.hidden, model_config.representation_dim, model_config.activation)
     head = nn.Linear(model_config.representation_dim, dataset.classes)
+    if ranks is not None:
+        broadcast_parameters(encoder)
+        broadcast_parameters(head)
     parameters = list(encoder.parameters()) + list(head.parameters())
     if train_config.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
@@ -154,11 +209,17 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
 
     uses_surrogate = spec.surrogate != NO_SURROGATE
     surrogate = get_surrogate(spec.surrogate) if uses_surrogate else None
-    params = config.surrogate_params.get(spec.surrogate, {})
-    probe = ForceProbe(optimizer=optimizer, schedule=config.probe.every, thresholds=thresholds_of(config))
+    params = dict(config.surrogate_params.get(spec.surrogate, {}))
+    if ranks is not None:
+        # The surrogate sees the global batch: the rows of every rank, in rank order.
+        params["gather"] = True
+    probe = ForceProbe(
+        optimizer=optimizer, schedule=config.probe.every, thresholds=thresholds_of(config), reduce=ranks is not None
+    )
     controller = make_controller(config, spec.lam) if uses_surrogate else None
     reader = None
-    if controller is not None and control_dir is not None and config.control.feedback_every > 0:
+    feedback = controller is not None and control_dir is not None and config.control.feedback_every > 0
+    if feedback and is_main:
         reader = FeedbackReader(control_dir, every=config.control.feedback_every, skip_existing=True)
 
     x_train = torch.from_numpy(dataset.x_train)
@@ -186,6 +247,7 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
         else:
             x, y = x_train[index], y_train[index]
         optimizer.zero_grad(set_to_none=True)
+        second = None
         if ssl_generator is not None:
             # Self-supervised: the loss is the mean squared distance between two random views'
             # representations, the entropy is taken on the first view, and labels are unused.
@@ -198,15 +260,27 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
                 config.ssl.noise,
                 config.ssl.mask,
             )
-            z = encoder(x)
+        if ranks is not None:
+            # Every rank draws the global batch (and its augmentations) and keeps its own share.
+            x, y = ranks.share(x), ranks.share(y)
+            second = ranks.share(second) if second is not None else None
+        z = encoder(x)
+        if second is not None:
             loss = (z - encoder(second)).pow(2).sum(dim=1).mean()
         else:
-            z = encoder(x)
             loss = F.cross_entropy(head(z), y)
+        loss_value, finite_z = float(loss.detach()), True
+        if ranks is not None:
+            loss_value, finite_z = ranks.mean_loss_and_finite(loss_value, z)
         lam = float(controller.lam) if controller is not None else None
-        row: dict[str, Any] = {"step": step, "loss": float(loss.detach()), "lam": lam}
+        row: dict[str, Any] = {"step": step, "loss": loss_value, "lam": lam}
         if shifted is not None:
             row[PHASE_COLUMN] = "after" if step >= scenario.at else "before"
+        if not finite_z:
+            # Decided on every rank together: a surrogate would raise on one rank only.
+            diverged_step = step
+            logger.warning("run %s diverged at step %d: non-finite representations", spec.run_id, step)
+            break
 
         try:
             entropy = surrogate(z, **params) if surrogate is not None else None
@@ -221,6 +295,8 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
 
         if entropy is None:
             loss.backward()
+            if ranks is not None:
+                average_gradients(parameters)
             record = None
         else:
             row["entropy"] = float(entropy.detach())
@@ -241,15 +317,25 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
             controller.update(step, record)
         if reader is not None:
             reader.poll(step, controller)
+        if feedback and ranks is not None and step % config.control.feedback_every == 0:
+            controller = ranks.from_main(controller)
         if budget_steps is not None and len(output.rows) >= budget_steps:
             stopped_by = "budget_steps"
             break
-        if budget_seconds is not None and time.perf_counter() - started >= budget_seconds:
-            stopped_by = "budget_seconds"
-            break
+        if budget_seconds is not None:
+            over = time.perf_counter() - started >= budget_seconds
+            if ranks is not None:
+                over = ranks.from_main(over)
+            if over:
+                stopped_by = "budget_seconds"
+                break
 
     train_seconds = time.perf_counter() - started
-    evaluation = _evaluate(encoder, head, dataset, spec.seed)
+    if is_main:
+        evaluation = _evaluate(encoder, head, dataset, spec.seed)
+    else:
+        # Only rank 0 writes the result; the replicas hold the same parameters.
+        evaluation = {"test_accuracy": math.nan, "probe_accuracy": math.nan, "effective_rank": math.nan}
     if config.task == "ssl":
         # The head is never trained without labels, so the linear probe is the task accuracy.
         evaluation["test_accuracy"] = evaluation["probe_accuracy"]
@@ -275,15 +361,18 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
         "lam_final": float(controller.lam) if controller is not None else None,
         "feedback_events": events_to_json(reader.events) if reader is not None else [],
     }
-    if scenario.kind != "none":
+    if ranks is not None:
+        output.result["ranks"] = ranks.world_size
+    if scenario.kind != "none" and is_main:
         output.result["scenario"] = _scenario_result(config, encoder, head, output.rows, shifted, stopped_by, diverged_step)
-    logger.info(
-        "run %s: test accuracy %.4f, regime %s, %.1f s",
-        spec.run_id,
-        evaluation["test_accuracy"],
-        forces["regime"] if forces else "-",
-        train_seconds,
-    )
+    if is_main:
+        logger.info(
+            "run %s: test accuracy %.4f, regime %s, %.1f s",
+            spec.run_id,
+            evaluation["test_accuracy"],
+            forces["regime"] if forces else "-",
+            train_seconds,
+        )
     return output
 
 
@@ -351,6 +440,14 @@ def _evaluate(encoder: nn.Module, head: nn.Module, dataset: Dataset, seed: int) 
         "probe_accuracy": linear_probe_accuracy(z_train_np, dataset.y_train, z_test_np, dataset.y_test, seed=seed),
         "effective_rank": effective_rank(z_test_np) if finite else math.nan,
     }
+
+
+def _writable(dataset: Dataset) -> Dataset:
+    """Return ``dataset`` with writable arrays; Ray hands tasks read-only views of its object store."""
+    arrays = {"x_train": dataset.x_train, "y_train": dataset.y_train, "x_test": dataset.x_test, "y_test": dataset.y_test}
+    if all(array.flags.writeable for array in arrays.values()):
+        return dataset
+    return replace(dataset, **{name: np.array(array) for name, array in arrays.items()})
 
 
 def _csv_cell(value: Any) -> str:

@@ -12,9 +12,7 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -26,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hclm._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hclm.dynamics.scaling import PowerLawFit, balance_check, fit_power_law
+from hclm.experiments.backends import map_runs
 from hclm.experiments.config import (
     NO_SURROGATE,
     format_validation_error,
@@ -388,25 +387,16 @@ def _train_pending(
     finish: Callable[[ScalingRun, RunOutput], None],
 ) -> None:
     """Train ``pending`` in this process or in ``workers`` spawned processes, calling ``finish`` per run."""
-    jobs = [(run, experiment_config_of(config, run.dataset, run.steps), _run_fingerprint(config, run)) for run in pending]
-    if workers == 1 or len(jobs) <= 1:
-        for run, run_config, fingerprint in jobs:
-            finish(run, train_scaling_run(run_config, datasets[run.dataset], run, fingerprint))
-        return
-
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    jobs = []
+    for run in pending:
+        run_config = experiment_config_of(config, run.dataset, run.steps)
+        jobs.append((run, (run_config, datasets[run.dataset], run, _run_fingerprint(config, run))))
+    finished = map_runs(train_scaling_run, jobs, workers=workers)
     try:
-        futures = {
-            pool.submit(train_scaling_run, run_config, datasets[run.dataset], run, fingerprint): run
-            for run, run_config, fingerprint in jobs
-        }
-        for future in as_completed(futures):
-            finish(futures[future], future.result())
-    except BaseException:
-        # Finished runs are on disk already, so drop the queue and let an interrupt return at once.
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
+        for run, output in finished:
+            finish(run, output)
+    finally:
+        finished.close()
 
 
 def train_scaling_run(config: ExperimentConfig, dataset: Dataset, run: ScalingRun, fingerprint: str) -> RunOutput:

@@ -9,19 +9,25 @@ import math
 import os
 import platform
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import datetime, timezone
 from importlib import metadata
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from hclm._io import atomic_write_json
+from hclm.experiments.backends import check_backend, map_runs
 from hclm.experiments.config import NO_SURROGATE, ExperimentConfig
 from hclm.experiments.data import Dataset, load_dataset
-from hclm.experiments.runner import RunOutput, RunSpec, thresholds_of, train_run, write_run
+from hclm.experiments.runner import (
+    RunOutput,
+    RunSpec,
+    data_parallel_ranks,
+    thresholds_of,
+    train_run,
+    write_run,
+)
 from hclm.forces.regimes import REGIMES, classify_regime
 
 logger = logging.getLogger(__name__)
@@ -74,7 +80,9 @@ def run_sweep(
     config: ExperimentConfig,
     out_dir: str | Path,
     *,
-    workers: int = 1,
+    workers: int | None = None,
+    backend: str = "local",
+    address: str | None = None,
     progress: ProgressCallback | None = None,
     dataset: Dataset | None = None,
 ) -> dict[str, Any]:
@@ -86,32 +94,51 @@ def run_sweep(
     Args:
         config: validated experiment config.
         out_dir: output folder (created if needed).
-        workers: number of worker processes (1 trains in this process).
+        workers: local backend: worker processes (default 1, which trains in this process).
+            Ray backend: see :func:`hclm.experiments.backends.map_runs`.
+        backend: "local" or "ray"; both give the same numbers.
+        address: address of a running Ray cluster (ray backend only).
         progress: called as ``progress(done, total, result)`` after each run.
         dataset: the data of ``config.data`` if already loaded; loaded here otherwise.
 
+    Under ``torchrun`` (``torch.distributed`` initialized with several ranks) every run trains
+    data-parallel on all ranks, and only rank 0 writes files.
+
     Returns:
-        The summary dict that was written to ``summary.json``.
+        The summary dict that was written to ``summary.json``; an empty dict on ranks other than 0.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    check_backend(backend, workers, address)
+    ranks = data_parallel_ranks(config)
+    if ranks is not None and (backend != "local" or (workers or 1) > 1):
+        raise ValueError(
+            f"under torchrun the {ranks.world_size} ranks train each run together, so runs cannot also be spread "
+            "over --workers or --backend ray; drop those options or launch without torchrun"
+        )
     out = Path(out_dir)
     check_output_folder(out)
     if dataset is None:
         dataset = load_dataset(config.data)
     runs_dir = out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = config_fingerprint(config)
 
     specs = plan_runs(config)
     results: dict[str, dict[str, Any]] = {}
     pending: list[RunSpec] = []
-    for spec in specs:
-        stored = load_finished_run(runs_dir / spec.run_id, fingerprint)
-        if stored is None:
-            pending.append(spec)
-        else:
-            results[spec.run_id] = stored
+    if ranks is None or ranks.rank == 0:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for spec in specs:
+            stored = load_finished_run(runs_dir / spec.run_id, fingerprint)
+            if stored is None:
+                pending.append(spec)
+            else:
+                results[spec.run_id] = stored
+    if ranks is not None:
+        # Rank 0 alone reads and writes the output folder; the other ranks follow its plan.
+        pending = ranks.from_main(pending)
+        if ranks.rank != 0:
+            for spec in pending:
+                train_run(config, dataset, spec, control_dir=out)
+            return {}
     if results:
         logger.info("resuming: %d of %d runs already finished in %s", len(results), len(specs), runs_dir)
 
@@ -130,21 +157,15 @@ def run_sweep(
         if progress is not None:
             progress(done, len(specs), output.result)
 
-    if workers == 1 or len(pending) <= 1:
-        for spec in pending:
-            finish(train_run(config, dataset, spec, control_dir=out))
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        try:
-            futures = [pool.submit(train_run, config, dataset, spec, out) for spec in pending]
-            for future in as_completed(futures):
-                finish(future.result())
-        except BaseException:
-            # On an interrupt or a failed run, drop the queued runs instead of training them for
-            # nothing. Finished runs are already on disk, so a rerun resumes from them.
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown()
+    jobs = [(spec, (config, dataset, spec, out)) for spec in pending]
+    finished = map_runs(
+        train_run, jobs, backend=backend, workers=workers, address=address, cpus_per_run=config.train.threads
+    )
+    try:
+        for _spec, output in finished:
+            finish(output)
+    finally:
+        finished.close()
 
     ordered = [results[spec.run_id] for spec in specs]
     summary = {

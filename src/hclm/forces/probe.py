@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
+from hclm.forces.distributed import all_reduce_mean_, average_gradients, reduce_group
 from hclm.forces.regimes import ForceSummary, RegimeThresholds, summarize_records
 from hclm.forces.schedule import as_schedule
 
@@ -94,6 +95,11 @@ class ForceProbe:
         lr: step size ``η`` for all parameters; overrides the optimizer's.
         thresholds: regime thresholds used by :meth:`summary`.
         keep_records: keep every record in :attr:`records` (set False to keep only the last one).
+        reduce: data-parallel training. True (the default process group) or a process group:
+            average ``∇L``, ``∇H``, ``L``, ``H`` and the realized ``H`` over the ranks before
+            measuring, and leave the rank-averaged ``∇J`` in ``.grad`` on every step, as DDP
+            would. Use it with a model that is not wrapped in DDP, with the surrogate called with
+            ``gather=True``; then the records equal those of one process on the global batch.
     """
 
     def __init__(
@@ -105,6 +111,7 @@ class ForceProbe:
         lr: float | None = None,
         thresholds: RegimeThresholds = RegimeThresholds(),
         keep_records: bool = True,
+        reduce: bool | Any = False,
     ) -> None:
         if params is None:
             if optimizer is None:
@@ -120,6 +127,7 @@ class ForceProbe:
         self.lr = lr
         self.thresholds = thresholds
         self.keep_records = keep_records
+        self.reduce = reduce
         self.records: list[ForceRecord] = []
         self._sizes = [p.numel() for p in self.params]
         self._previous_direction: torch.Tensor | None = None
@@ -173,8 +181,11 @@ class ForceProbe:
         self._step_counter = step + 1
         objective = loss - lam * entropy
 
+        reducing, group = reduce_group(self.reduce)
         if not self.should_measure(step):
             objective.backward(retain_graph=retain_graph)
+            if reducing:
+                average_gradients(self.params, group)
             return None
 
         entropy_grads = torch.autograd.grad(entropy, self.params, retain_graph=True, allow_unused=True)
@@ -189,7 +200,17 @@ class ForceProbe:
             else:
                 objective_grads.append(param.grad - before)
 
-        record = self._measure(step, lam, loss, entropy, entropy_grads, objective_grads)
+        with torch.no_grad():
+            grad_h = self._flatten_into(entropy_grads, self._buffer("grad_h", self._direction_slot))
+            grad_j = self._flatten_into(objective_grads, self._buffer("grad_j"))
+            values = torch.tensor([float(loss.detach()), float(entropy.detach())], dtype=torch.float64)
+            if reducing:
+                # The forces of the global batch are the rank means of the local gradients.
+                all_reduce_mean_(grad_h, group)
+                all_reduce_mean_(grad_j, group)
+                all_reduce_mean_(values, group)
+                self._write_back(objective_grads, accumulated, grad_j)
+        record = self._measure(step, lam, float(values[0]), float(values[1]), grad_h, grad_j)
         if self._pending is not None:
             self._store(self._pending)
         self._pending = record
@@ -205,6 +226,9 @@ class ForceProbe:
             raise RuntimeError("record_realized() called without a measured step waiting for it; call backward() first")
         record = self._pending
         after = float(entropy_after)
+        reducing, group = reduce_group(self.reduce)
+        if reducing:
+            after = float(all_reduce_mean_(torch.tensor([after], dtype=torch.float64), group))
         record.delta_h = after - record.entropy
         record.residual = record.delta_h - (record.injection + record.dissipation)
         self._store(record)
@@ -233,19 +257,31 @@ class ForceProbe:
         else:
             self.records[:] = [record]
 
+    def _write_back(
+        self,
+        objective_grads: Sequence[torch.Tensor | None],
+        accumulated: Sequence[torch.Tensor | None],
+        grad_j: torch.Tensor,
+    ) -> None:
+        """Set ``.grad`` to what it held before this step plus the rank-averaged ``∇J`` in ``grad_j``."""
+        offset = 0
+        for param, local, before, size in zip(self.params, objective_grads, accumulated, self._sizes):
+            if local is not None and param.grad is not None:
+                averaged = grad_j[offset : offset + size].view_as(param.grad)
+                param.grad.copy_(averaged if before is None else before + averaged)
+            offset += size
+
     def _measure(
         self,
         step: int,
         lam: float,
-        loss: torch.Tensor,
-        entropy: torch.Tensor,
-        entropy_grads: Sequence[torch.Tensor | None],
-        objective_grads: Sequence[torch.Tensor | None],
+        loss: float,
+        entropy: float,
+        grad_h: torch.Tensor,
+        grad_j: torch.Tensor,
     ) -> ForceRecord:
+        """Compute the record from the flat ``∇H`` and ``∇J``; ``grad_j`` is overwritten with ``F_L``."""
         with torch.no_grad():
-            # Two ∇H buffers alternate, so the other one contains the previous direction without a copy.
-            grad_h = self._flatten_into(entropy_grads, self._buffer("grad_h", self._direction_slot))
-            grad_j = self._flatten_into(objective_grads, self._buffer("grad_j"))
             info_force = torch.mul(grad_h, lam, out=self._buffer("info_force"))
             # ∇J = ∇L − λ∇H, so F_L = −∇L = −(∇J + λ∇H), built in place in the ∇J buffer.
             loss_force = grad_j.add_(info_force).neg_()
@@ -282,8 +318,8 @@ class ForceProbe:
         record = ForceRecord(
             step=step,
             lam=float(lam),
-            loss=float(loss.detach()),
-            entropy=float(entropy.detach()),
+            loss=loss,
+            entropy=entropy,
             strength=strength,
             loss_force_norm=loss_norm,
             relative_strength=relative,

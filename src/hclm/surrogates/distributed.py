@@ -8,6 +8,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from hclm.surrogates._checks import NonFiniteInputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,6 +40,36 @@ def gather_rows(z: torch.Tensor, gather: bool | Any = False) -> torch.Tensor:
     if dist.get_world_size(group) == 1:
         return z
     return _AllGatherRows.apply(z, group)
+
+
+def raise_on_every_rank(error: Exception | None, gather: bool | Any, name: str) -> None:
+    """Raise on every rank when the local check of any rank raised, instead of only on that rank.
+
+    A rank that raised would never reach the all-gather that its peers wait in, so every rank
+    first shares whether its check passed. Ranks whose own rows were fine raise a
+    :class:`NonFiniteInputError` that names the failing ranks.
+    """
+    if gather is False or gather is None or not (dist.is_available() and dist.is_initialized()):
+        if error is not None:
+            raise error
+        return
+    group = None if gather is True else gather
+    world_size = dist.get_world_size(group)
+    if world_size == 1:
+        if error is not None:
+            raise error
+        return
+    failed = torch.tensor([0 if error is None else 1], dtype=torch.long)
+    flags = [torch.zeros_like(failed) for _ in range(world_size)]
+    dist.all_gather(flags, failed, group=group)
+    failing = [rank for rank, flag in enumerate(flags) if int(flag)]
+    if error is not None:
+        raise error
+    if failing:
+        raise NonFiniteInputError(
+            f"{name}: the representations of rank(s) {', '.join(map(str, failing))} contain non-finite values, "
+            "so the gathered batch has them too; see the error raised on those ranks"
+        )
 
 
 class _AllGatherRows(torch.autograd.Function):

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hclm.surrogates._checks import check_positive, compute_dtype, validate_representations
-from hclm.surrogates.distributed import gather_rows
+from hclm.surrogates._checks import NonFiniteInputError, check_positive, compute_dtype, validate_representations
+from hclm.surrogates.distributed import gather_rows, raise_on_every_rank
 from hclm.surrogates.linalg import is_numerically_singular, logdet_gram
 
 
@@ -197,9 +197,14 @@ def _prepare(
 ) -> torch.Tensor:
     """Validate the local rows, upcast half precision, gather over ranks, and check the row count."""
     gathering = gather is not False and gather is not None
-    validate_representations(
-        z, name, min_rows=1 if gathering else min_rows, allow_negative_infinity=allow_negative_infinity
-    )
+    local_error: NonFiniteInputError | None = None
+    try:
+        validate_representations(
+            z, name, min_rows=1 if gathering else min_rows, allow_negative_infinity=allow_negative_infinity
+        )
+    except NonFiniteInputError as error:
+        local_error = error
+    raise_on_every_rank(local_error, gather, name)
     x = gather_rows(z.to(compute_dtype(z)), gather)
     if x.shape[0] < min_rows:
         raise ValueError(
