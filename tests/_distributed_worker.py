@@ -187,7 +187,7 @@ def _run_probe(rank: int) -> dict[str, Any]:
 
 
 def _run_non_finite(rank: int) -> str:
-    """Call logdet with gather=True while rank 1 holds a NaN; return the message raised on this rank."""
+    """Call logdet with gather=True while rank 1 has a NaN; return the message raised on this rank."""
     z = make_inputs(rank, PROBE_ROWS)
     if rank == 1:
         z[NAN_AT] = math.nan

@@ -232,7 +232,7 @@ def test_reducing_probe_matches_one_process_on_global_batch(distributed_results)
             assert error <= RTOL, f"rank {rank}: relative error {error:.2e} of the averaged grad({name})"
 
 
-def test_non_finite_rows_on_one_rank_raise_on_every_rank(distributed_results):
+def test_non_finite_rank_raises_everywhere(distributed_results):
     messages = [results["non_finite"]["message"] for results in distributed_results]
 
     assert messages[1].startswith("NonFiniteInputError: logdet: 1 non-finite value(s)")

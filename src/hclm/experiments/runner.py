@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from hclm._io import atomic_write_json, atomic_write_text
@@ -102,7 +103,10 @@ def train_run(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.train.threads)
     try:
-        return _train(config, dataset, spec, control_dir)
+        # The BLAS behind NumPy and scikit-learn (the linear probe) starts one thread per core by
+        # default, so parallel runs would compete for the cores. Cap it like torch's pool.
+        with threadpool_limits(limits=config.train.threads):
+            return _train(config, dataset, spec, control_dir)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -211,7 +215,7 @@ def _train(config: ExperimentConfig, dataset: Dataset, spec: RunSpec, control_di
     surrogate = get_surrogate(spec.surrogate) if uses_surrogate else None
     params = dict(config.surrogate_params.get(spec.surrogate, {}))
     if ranks is not None:
-        # The surrogate sees the global batch: the rows of every rank, in rank order.
+        # The surrogate is computed on the global batch: the rows of every rank, in rank order.
         params["gather"] = True
     probe = ForceProbe(
         optimizer=optimizer, schedule=config.probe.every, thresholds=thresholds_of(config), reduce=ranks is not None
