@@ -17,6 +17,7 @@ from rich.table import Table
 from hclm._console import configure_logging as _configure_logging
 from hclm._console import console, error_console
 from hclm._console import fail as _fail
+from hclm.experiments.backends import check_backend, import_ray
 from hclm.experiments.scaling import (
     ScalingConfig,
     count_finished_scaling,
@@ -45,7 +46,19 @@ def scaling(
             "100 resamples, a mixture of 800 samples."
         ),
     ),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes training runs in parallel (count)."),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Runs trained in parallel. Local: worker processes (default 1). Ray: CPUs of the local Ray "
+        "instance (default: all), or with --address the most runs in flight (default: no limit).",
+    ),
+    backend: str = typer.Option(
+        "local", "--backend", help="Where runs train: 'local' (this machine) or 'ray' (one Ray task per run)."
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Address of a running Ray cluster, e.g. 'auto' or 'ray://HEAD:10001' (needs --backend ray)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each run's result and each fit (INFO level)."),
 ) -> None:
     """Fit power laws to test error against training-set size and steps, and check the entropy balance."""
@@ -59,6 +72,12 @@ def scaling(
     folder = out if out is not None else Path("runs") / datetime.now().strftime("scaling-%Y%m%d-%H%M%S")
     if folder.exists() and not folder.is_dir():
         _fail(f"output path {folder} exists and is not a folder; pass a folder to --out")
+    try:
+        check_backend(backend, workers, address)
+        if backend == "ray":
+            import_ray()
+    except (ValueError, ImportError) as error:
+        _fail(str(error))
 
     finished, total = count_finished_scaling(settings, folder)
     console.print(f"Writing to [bold]{folder}[/bold]: {total} runs on {', '.join(settings.datasets)}")
@@ -80,7 +99,9 @@ def scaling(
             progress.update(task, completed=done, description=f"{run_id:<44}")
 
         try:
-            summary = run_scaling(settings, folder, workers=workers, progress=advance)
+            summary = run_scaling(
+                settings, folder, workers=workers, backend=backend, address=address, progress=advance
+            )
         except (FileNotFoundError, ValueError, OSError) as error:
             _fail(str(error))
         except KeyboardInterrupt:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hclm._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hclm.dynamics.scaling import PowerLawFit, balance_check, fit_power_law
-from hclm.experiments.backends import map_runs
+from hclm.experiments.backends import check_backend, map_runs
 from hclm.experiments.config import (
     NO_SURROGATE,
     format_validation_error,
@@ -294,7 +294,9 @@ def run_scaling(
     config: ScalingConfig,
     out_dir: str | Path,
     *,
-    workers: int = 1,
+    workers: int | None = None,
+    backend: str = "local",
+    address: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Train every run, fit the power laws, check the balance and write all outputs to ``out_dir``.
@@ -307,17 +309,19 @@ def run_scaling(
     Args:
         config: validated scaling config.
         out_dir: output folder, created if needed.
-        workers: worker processes training runs in parallel (1 trains in this process).
+        workers: local backend: worker processes (default 1, which trains in this process).
+            Ray backend: see :func:`hclm.experiments.backends.map_runs`.
+        backend: "local" or "ray"; both give the same numbers.
+        address: address of a running Ray cluster (ray backend only).
         progress: called as ``progress(done, total, run_id)`` after each run.
 
     Returns:
         The summary written to ``summary.json``.
 
     Raises:
-        ValueError: ``workers < 1`` or ``out_dir`` is a file.
+        ValueError: an invalid backend or worker count, or ``out_dir`` is a file.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    check_backend(backend, workers, address)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a folder; pass a folder to --out")
@@ -347,7 +351,7 @@ def run_scaling(
         if progress is not None:
             progress(len(results), len(plan), run.run_id)
 
-    _train_pending(config, pending, datasets, workers, finish)
+    _train_pending(config, pending, datasets, finish, workers=workers, backend=backend, address=address)
 
     ordered = [results[run.run_id] for run in plan]
     fits = fit_axes(config, plan, results, datasets)
@@ -383,15 +387,16 @@ def _train_pending(
     config: ScalingConfig,
     pending: list[ScalingRun],
     datasets: dict[str, Dataset],
-    workers: int,
     finish: Callable[[ScalingRun, RunOutput], None],
+    **where: Any,
 ) -> None:
-    """Train ``pending`` in this process or in ``workers`` spawned processes, calling ``finish`` per run."""
+    """Train ``pending`` on the backend given by ``where`` (see :func:`map_runs`), calling ``finish`` per run."""
     jobs = []
     for run in pending:
         run_config = experiment_config_of(config, run.dataset, run.steps)
         jobs.append((run, (run_config, datasets[run.dataset], run, _run_fingerprint(config, run))))
-    finished = map_runs(train_scaling_run, jobs, workers=workers)
+    threads = experiment_config_of(config, config.datasets[0], config.size_steps).train.threads
+    finished = map_runs(train_scaling_run, jobs, cpus_per_run=threads, **where)
     try:
         for run, output in finished:
             finish(run, output)
