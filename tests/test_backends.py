@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -115,10 +118,77 @@ def test_ray_cluster_by_address(tmp_path):
             [*hclm, "--out", str(tmp_path / "cluster"), "--backend", "ray", "--address", "auto"],
             capture_output=True, text=True, env=environment, timeout=300,
         )  # fmt: skip
+        # Without --address, hclm starts a private instance beside the running cluster.
+        private = subprocess.run(
+            [*hclm, "--out", str(tmp_path / "private"), "--backend", "ray", "--workers", "2"],
+            capture_output=True, text=True, env=environment, timeout=300,
+        )  # fmt: skip
     finally:
         subprocess.run([str(ray_command), "stop", "--force"], capture_output=True, env=environment, timeout=120)
         shutil.rmtree(ray_dir, ignore_errors=True)
     assert remote.returncode == 0, remote.stderr
+    assert private.returncode == 0, private.stderr
     local = subprocess.run([*hclm, "--out", str(tmp_path / "local")], capture_output=True, env=environment, timeout=300)
     assert local.returncode == 0
     assert _run_files(tmp_path / "cluster") == _run_files(tmp_path / "local")
+    assert _run_files(tmp_path / "private") == _run_files(tmp_path / "local")
+
+
+def test_unreachable_address_fails_fast():
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    with socket.socket() as probe:
+        # A port that was free a moment ago, on this machine only.
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"no Ray cluster responds at 127.0.0.1:{port}"):
+        list(map_runs(_square, [(0, (0,))], backend="ray", address=f"127.0.0.1:{port}"))
+    assert time.monotonic() - started < 30
+
+
+def _children(pid: int) -> list[int]:
+    """Return the PIDs whose parent is ``pid``, read from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_exit_after_kill(tmp_path):
+    command = [sys.executable, "-m", "hclm", "run", "--quick", "--workers", "2", "--out", str(tmp_path / "out")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    workers: list[int] = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        time.sleep(0.2)
+        workers = [pid for pid in _children(process.pid) if "spawn_main" in _command_line(pid)]
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert len(workers) == 2
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.2)
+    assert [pid for pid in workers if _running(pid)] == []
+
+
+def _running(pid: int) -> bool:
+    """Return True while ``pid`` exists and is not a zombie waiting for its new parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

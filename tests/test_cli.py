@@ -168,7 +168,7 @@ def test_report_without_summary(tmp_path):
 def test_help_lists_options():
     result = runner.invoke(app, ["run", "--help"])
     assert result.exit_code == 0
-    for option in ("--out", "--config", "--quick", "--workers"):
+    for option in ("--out", "--config", "--quick", "--workers", "--backend", "--address"):
         assert option in result.output
 
 
@@ -178,6 +178,30 @@ def test_out_is_regular_file(tmp_path):
     result = runner.invoke(app, ["run", "--quick", "--out", str(target)])
     assert result.exit_code == 2
     assert "is not a folder" in result.output
+
+
+def test_out_inside_regular_file(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("not a folder")
+    result = runner.invoke(app, ["run", "--quick", "--out", str(target / "sub")])
+    assert result.exit_code == 2
+    assert f"is inside {target}, which is a file; pass a folder to --out" in result.output
+
+
+def test_error_keeps_square_brackets(tmp_path):
+    missing = tmp_path / "[abc]x.yaml"
+    result = runner.invoke(app, ["run", "--config", str(missing)])
+    assert result.exit_code == 2
+    assert f"config file not found: {missing}" in " ".join(result.output.split())
+
+
+def test_unknown_backend_and_stray_address():
+    unknown = runner.invoke(app, ["run", "--quick", "--backend", "dask"])
+    stray = runner.invoke(app, ["run", "--quick", "--address", "auto"])
+    assert unknown.exit_code == 2
+    assert "unknown backend 'dask'; choose one of local, ray" in unknown.output
+    assert stray.exit_code == 2
+    assert "needs the ray backend; add --backend ray or drop --address" in stray.output
 
 
 def test_data_error_before_output_folder(tmp_path):

@@ -8,6 +8,7 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 console = Console()
 error_console = Console(stderr=True)
@@ -25,5 +26,6 @@ def configure_logging(verbose: bool) -> None:
 
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` in one red line on stderr and exit with code 2."""
-    error_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # The message may contain square brackets (paths, YAML errors), which rich would read as markup.
+    error_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)

@@ -171,7 +171,14 @@ def _run_with_progress(
 
     from hclm.report import render_report
 
-    paths = render_report(folder)
+    try:
+        paths = render_report(folder)
+    except KeyboardInterrupt:
+        error_console.print(
+            f"Interrupted while writing the report. Every run and summary.json are saved in {folder}; "
+            f"`hclm report {folder}` writes the report again."
+        )
+        raise typer.Exit(code=130) from None
     _print_summary(summary)
     console.print(f"Report: [bold]{paths.get('html', folder / 'report.html')}[/bold]")
     console.print(f"Output folder: [bold]{folder}[/bold]")

@@ -1,4 +1,4 @@
-"""Where the runs of a sweep train: in this process, in a local process pool, or as Ray tasks.
+"""Backends that train the runs of a sweep: this process, a local process pool, or Ray tasks.
 
 Every backend calls the same function with the same arguments, so a run's numbers do not depend
 on the backend. Only the order in which finished runs come back does.
@@ -9,7 +9,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from typing import Any, Hashable
 
@@ -18,6 +22,8 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("local", "ray")
 
 Job = tuple[Hashable, tuple[Any, ...]]
+# Seconds to wait for a TCP connection to a Ray address before calling it unreachable.
+CONNECT_TIMEOUT_S = 5.0
 
 
 def check_backend(backend: str, workers: int | None, address: str | None) -> None:
@@ -71,9 +77,14 @@ def map_runs(
 
 def _pool_runs(function: Callable[..., Any], jobs: Sequence[Job], workers: int) -> Iterator[tuple[Hashable, Any]]:
     # Spawned workers start from a fresh interpreter, so no torch thread pool is inherited by fork.
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
     try:
-        futures = {pool.submit(function, *args): key for key, args in jobs}
+        futures = _submit_ignoring_interrupts(pool, function, jobs)
         for future in as_completed(futures):
             yield futures[future], future.result()
     except BaseException:
@@ -81,6 +92,35 @@ def _pool_runs(function: Callable[..., Any], jobs: Sequence[Job], workers: int) 
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
+
+
+def _submit_ignoring_interrupts(
+    pool: ProcessPoolExecutor, function: Callable[..., Any], jobs: Sequence[Job]
+) -> dict[Future, Hashable]:
+    """Submit every job; the workers, spawned by the first submit, start with SIGINT ignored.
+
+    Ctrl-C in a terminal reaches every process of the group. The command handles it and cancels
+    the queue, so a worker must not also print a traceback of its own. An ignored signal stays
+    ignored across exec, and Python then installs no KeyboardInterrupt handler in the child.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {pool.submit(function, *args): key for key, args in jobs}
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return {pool.submit(function, *args): key for key, args in jobs}
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Start a thread in the worker that ends it once the process ``parent`` is gone (after ``kill -9``)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="hclm-parent-watch", daemon=True).start()
 
 
 def import_ray() -> Any:
@@ -107,15 +147,15 @@ def _ray_runs(
     started_here = not ray.is_initialized()
     if started_here:
         if address is None:
-            # A local instance listens on loopback only and gets the CPUs it may use.
+            # "local" starts a private instance even when a cluster runs on this machine.
             ray.init(
+                address="local",
                 num_cpus=workers or os.cpu_count() or 1,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
-                _node_ip_address="127.0.0.1",
             )
         else:
-            ray.init(address=address, logging_level=logging.WARNING)
+            _connect_ray(ray, address)
         logger.info("ray: %s", ray.cluster_resources())
     in_flight = workers if address is not None and workers is not None else len(jobs)
 
@@ -139,6 +179,27 @@ def _ray_runs(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _connect_ray(ray: Any, address: str) -> None:
+    """Connect to the Ray cluster at ``address``, failing fast when nothing listens at a HOST:PORT address."""
+    host, separator, port = address.rpartition(":")
+    if separator and "://" not in address and port.isdigit():
+        # Ray itself retries an unreachable address for many minutes.
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as error:
+            raise ConnectionError(
+                f"no Ray cluster responds at {address} ({error}); start one with `ray start --head` "
+                "or check the address (`ray status` on a cluster node prints it)"
+            ) from None
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except ConnectionError as error:
+        raise ConnectionError(
+            f"could not connect to the Ray cluster at {address}: {error}. If the cluster uses token "
+            "authentication, set RAY_AUTH_MODE=token or pass --address auto on a cluster node"
+        ) from error
 
 
 def _shared_arguments(ray: Any, jobs: Sequence[Job]) -> dict[int, Any]:

@@ -201,9 +201,14 @@ def _log_to_sinks(config: ExperimentConfig, out: Path, output: RunOutput) -> Non
 
 
 def check_output_folder(out: Path) -> None:
-    """Raise ``ValueError`` when ``out`` exists and is not a folder."""
+    """Raise ``ValueError`` when ``out`` or one of its parents exists and is not a folder."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path {out} exists and is not a folder; pass a folder to --out")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"output path {out} is inside {parent}, which is a file; pass a folder to --out")
+            break
 
 
 def count_finished(config: ExperimentConfig, out_dir: str | Path) -> tuple[int, int]:
