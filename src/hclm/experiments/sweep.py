@@ -170,7 +170,13 @@ def run_sweep(
     ordered = [results[spec.run_id] for spec in specs]
     summary = {
         "config": config.model_dump(mode="json"),
-        "environment": environment_info(config),
+        "environment": {
+            **environment_info(config),
+            # How this invocation trained its runs; each run's result.json records its own ranks.
+            "backend": backend,
+            "workers": workers,
+            "data_parallel_ranks": ranks.world_size if ranks is not None else 1,
+        },
         "thresholds": thresholds_of(config).as_dict(),
         "results": aggregate_results(ordered, config),
         "runs": ordered,

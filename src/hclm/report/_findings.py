@@ -102,7 +102,7 @@ def _baseline_blocks(baseline: Mapping[str, Any] | None) -> list[Block]:
         text = 'The results contain no "none" baseline with a test accuracy, so accuracy is not compared.'
         return [Paragraph(text)]
     count = seed_count(baseline)
-    seeds = f" over {count} seeds" if count is not None else ""
+    seeds = f" over {_seeds(count)}" if count is not None else ""
     accuracy = format_mean_std(baseline.get("test_accuracy_mean"), baseline.get("test_accuracy_std"))
     return [
         Paragraph(
@@ -138,9 +138,9 @@ def _divergence_blocks(rows: Sequence[Mapping[str, Any]]) -> list[Block]:
         diverged = row.get("diverged_runs")
         if isinstance(diverged, int) and not isinstance(diverged, bool) and diverged > 0:
             count = seed_count(row)
-            of_seeds = f" of {count}" if count is not None else ""
             lam = format_number(row.get("lam"))
-            items.append(f"{row.get('surrogate')} at λ = {lam}: {diverged}{of_seeds} seeds diverged.")
+            runs = f"{diverged} of {_seeds(count)}" if count is not None else _seeds(diverged)
+            items.append(f"{row.get('surrogate')} at λ = {lam}: {runs} diverged.")
     if not items:
         return [Paragraph("No run diverged.")]
     return [Paragraph("Diverged runs:"), BulletList(tuple(items))]
@@ -153,7 +153,12 @@ def _agreement(row: Mapping[str, Any]) -> str:
     if not isinstance(counts, Mapping) or total is None:
         return "seed agreement not recorded"
     agreeing = counts.get(row.get("regime"), 0)
-    return f"{agreeing} of {total} seeds {row.get('regime')}"
+    return f"{agreeing} of {_seeds(total)} {row.get('regime')}"
+
+
+def _seeds(count: int) -> str:
+    """Return "1 seed" or "N seeds"."""
+    return f"{count} seed" if count == 1 else f"{count} seeds"
 
 
 def _accuracy_text(row: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> str:
