@@ -9,9 +9,38 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console()
 error_console = Console(stderr=True)
+
+# Options shared by the commands that train runs on a backend (hclm run, hclm scaling).
+WORKERS_OPTION = typer.Option(
+    None,
+    "--workers",
+    min=1,
+    help="Runs trained in parallel. Local: worker processes (default 1). Ray: CPUs of the local Ray "
+    "instance (default: all), or with --address the most runs in flight (default: no limit).",
+)
+BACKEND_OPTION = typer.Option(
+    "local", "--backend", help="Where runs train: 'local' (this machine) or 'ray' (one Ray task per run)."
+)
+ADDRESS_OPTION = typer.Option(
+    None, "--address", help="Address of a running Ray cluster, e.g. 'auto' or 'ray://HEAD:10001' (needs --backend ray)."
+)
+
+
+def run_progress_columns() -> tuple[ProgressColumn, ...]:
+    """Return the columns of a progress bar over runs: description, bar, done/total, elapsed and left."""
+    return (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("runs"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
 
 
 def configure_logging(verbose: bool) -> None:

@@ -11,11 +11,18 @@ from typing import Any, Optional
 
 import typer
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from hclm._console import configure_logging as _configure_logging
-from hclm._console import console, error_console
+from hclm._console import (
+    ADDRESS_OPTION,
+    BACKEND_OPTION,
+    WORKERS_OPTION,
+    console,
+    error_console,
+    run_progress_columns,
+)
 from hclm._console import fail as _fail
 from hclm.experiments.backends import check_backend, import_ray
 from hclm.experiments.scaling import (
@@ -46,19 +53,9 @@ def scaling(
             "100 resamples, a mixture of 800 samples."
         ),
     ),
-    workers: Optional[int] = typer.Option(
-        None,
-        "--workers",
-        min=1,
-        help="Runs trained in parallel. Local: worker processes (default 1). Ray: CPUs of the local Ray "
-        "instance (default: all), or with --address the most runs in flight (default: no limit).",
-    ),
-    backend: str = typer.Option(
-        "local", "--backend", help="Where runs train: 'local' (this machine) or 'ray' (one Ray task per run)."
-    ),
-    address: Optional[str] = typer.Option(
-        None, "--address", help="Address of a running Ray cluster, e.g. 'auto' or 'ray://HEAD:10001' (needs --backend ray)."
-    ),
+    workers: Optional[int] = WORKERS_OPTION,
+    backend: str = BACKEND_OPTION,
+    address: Optional[str] = ADDRESS_OPTION,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each run's result and each fit (INFO level)."),
 ) -> None:
     """Fit power laws to test error against training-set size and steps, and check the entropy balance."""
@@ -83,16 +80,7 @@ def scaling(
     console.print(f"Writing to [bold]{folder}[/bold]: {total} runs on {', '.join(settings.datasets)}")
     if finished:
         console.print(f"Resuming: {finished} of {total} runs are already finished there and are kept.")
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("runs"),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*run_progress_columns(), console=console, transient=False) as progress:
         task = progress.add_task("training", total=total)
 
         def advance(done: int, _total: int, run_id: str) -> None:
