@@ -22,7 +22,7 @@ from hclm._console import (
     run_progress_columns,
 )
 from hclm._console import fail as _fail
-from hclm.experiments.backends import check_backend, import_ray
+from hclm.experiments.backends import check_backend
 from hclm.experiments.config import ExperimentConfig, load_config, quick_config
 from hclm.experiments.data import Dataset, load_dataset
 from hclm.experiments.sweep import check_output_folder, count_finished, run_sweep
@@ -62,8 +62,6 @@ def run(
     try:
         check_backend(backend, workers, address)
         check_output_folder(folder)
-        if backend == "ray":
-            import_ray()
         dataset = load_dataset(settings.data)
     except (FileNotFoundError, ValueError, ImportError) as error:
         _fail(str(error))

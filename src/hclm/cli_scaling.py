@@ -24,7 +24,7 @@ from hclm._console import (
     run_progress_columns,
 )
 from hclm._console import fail as _fail
-from hclm.experiments.backends import check_backend, import_ray
+from hclm.experiments.backends import check_backend
 from hclm.experiments.scaling import (
     ScalingConfig,
     count_finished_scaling,
@@ -32,6 +32,7 @@ from hclm.experiments.scaling import (
     quick_scaling_config,
     run_scaling,
 )
+from hclm.experiments.sweep import check_output_folder
 
 
 def scaling(
@@ -67,12 +68,9 @@ def scaling(
     if quick:
         settings = quick_scaling_config(settings)
     folder = out if out is not None else Path("runs") / datetime.now().strftime("scaling-%Y%m%d-%H%M%S")
-    if folder.exists() and not folder.is_dir():
-        _fail(f"output path {folder} exists and is not a folder; pass a folder to --out")
     try:
+        check_output_folder(folder)
         check_backend(backend, workers, address)
-        if backend == "ray":
-            import_ray()
     except (ValueError, ImportError) as error:
         _fail(str(error))
 

@@ -39,7 +39,7 @@ from hclm.experiments.config import (
 )
 from hclm.experiments.data import Dataset, load_dataset
 from hclm.experiments.runner import RunOutput, RunSpec, train_run, write_run
-from hclm.experiments.sweep import environment_info, load_finished_run
+from hclm.experiments.sweep import check_output_folder, environment_info, load_finished_run
 from hclm.surrogates import available_surrogates, check_surrogate_parameters
 
 logger = logging.getLogger(__name__)
@@ -323,8 +323,7 @@ def run_scaling(
     """
     check_backend(backend, workers, address)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a folder; pass a folder to --out")
+    check_output_folder(out)
     started = time.perf_counter()
     plan = plan_scaling_runs(config)
     datasets = {name: load_dataset(experiment_config_of(config, name, 1).data) for name in config.datasets}
