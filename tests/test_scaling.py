@@ -380,6 +380,20 @@ def test_cli_rejects_file_as_out(tmp_path):
     assert "is not a folder" in result.output
 
 
+def test_cli_rejects_out_inside_file(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("not a folder", encoding="utf-8")
+    result = CliRunner().invoke(cli_app(), ["scaling", "--quick", "--out", str(target / "sub")])
+    assert result.exit_code == 2
+    assert "which is a file; pass a folder to --out" in result.output
+
+
+def test_cli_rejects_address_without_ray():
+    result = CliRunner().invoke(cli_app(), ["scaling", "--quick", "--address", "auto"])
+    assert result.exit_code == 2
+    assert "needs the ray backend" in result.output
+
+
 def test_cli_help_lists_options():
     result = CliRunner().invoke(cli_app(), ["scaling", "--help"])
     assert result.exit_code == 0
